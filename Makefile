@@ -1,0 +1,88 @@
+# tfpipe: an Airflow 3 DAG bundle for continuously trained TensorFlow models.
+# `make demo` and `make test` are all a new clone needs; each installs what is missing first.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.8
+VENV := .venv
+ML_VENV := .venv-ml
+UV := $(VENV)/bin/uv
+STATE := $(CURDIR)/state
+
+# Everything Airflow keeps (SQLite database, logs, config) lives in ./state, never in $HOME.
+export AIRFLOW_HOME := $(STATE)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+# Our plugin is an installed package registered by entry point; the plugins folder stays empty.
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(STATE)/airflow/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__EXECUTOR := LocalExecutor
+# The demo's UI lets everyone in as admin; production keeps authentication on (docs/runbook.md).
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
+export TFPIPE_ML_PYTHON := $(CURDIR)/$(ML_VENV)/bin/python
+export TFPIPE_PROJECT_ROOT := $(CURDIR)
+
+.PHONY: help install lock landing airflow-init demo airflow test lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed $(ML_VENV)/.installed  ## create both virtual environments (a no-op when nothing changed)
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+# The Airflow runtime: Airflow, providers, Great Expectations, our packages, test tools. No TensorFlow.
+$(VENV)/.installed: requirements.lock include/pyproject.toml plugins/pyproject.toml | $(UV)
+	$(UV) pip install --quiet --python $(VENV)/bin/python -r requirements.lock -e ./include -e ./plugins
+	touch $@
+
+# The ML runtime: TensorFlow, TFDV, TFMA, Beam and our library.
+$(ML_VENV)/.installed: requirements-ml.lock include/pyproject.toml | $(UV)
+	test -x $(ML_VENV)/bin/python || $(PYTHON) -m venv $(ML_VENV)
+	$(UV) pip install --quiet --python $(ML_VENV)/bin/python -r requirements-ml.lock -e ./include
+	touch $@
+
+lock: | $(UV)  ## re-resolve both lock files from requirements*.txt
+	$(UV) pip compile --quiet --python-version 3.11 requirements.txt requirements-dev.txt -o requirements.lock
+	$(UV) pip compile --quiet --python-version 3.11 requirements-ml.txt requirements-dev.txt -o requirements-ml.lock
+
+landing: $(STATE)/landing/chicago_taxi/.landed  ## split the taxi sample into monthly spans (the landing area)
+
+$(STATE)/landing/chicago_taxi/.landed: data/chicago_taxi/taxi_big_tipper.csv | $(ML_VENV)/.installed
+	$(ML_VENV)/bin/python -m tfpipe land-spans --source-uri $< --landing-uri $(STATE)/landing/chicago_taxi >/dev/null
+	touch $@
+
+airflow-init: $(AIRFLOW_HOME)/.initialized  ## create the demo's Airflow metadata database (SQLite)
+
+$(AIRFLOW_HOME)/.initialized: | $(VENV)/.installed
+	mkdir -p $(AIRFLOW__CORE__PLUGINS_FOLDER)
+	$(VENV)/bin/airflow db migrate >/dev/null
+	touch $@
+
+demo: install landing airflow-init  ## run chicago_taxi_training end to end on the demo span, then print a summary
+	$(VENV)/bin/python scripts/demo.py
+
+airflow: install airflow-init  ## open the Airflow UI on the demo's state at http://127.0.0.1:8080
+	$(VENV)/bin/airflow standalone
+
+test: install lint  ## run every test (unit, DAG integrity, integration)
+	$(VENV)/bin/python -m pytest tests/unit/tfpipe_airflow tests/dags tests/integration
+	$(ML_VENV)/bin/python -m pytest tests/unit/tfpipe
+
+lint: $(VENV)/.installed  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install  ## run the benchmarks; one JSON object per benchmark on stdout
+	$(VENV)/bin/python bench/run.py
+
+clean:  ## remove all local state (Airflow database, logs, landing area, artifacts)
+	rm -rf $(STATE)

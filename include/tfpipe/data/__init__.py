@@ -1,0 +1,1 @@
+"""Data arrival: the landing area of monthly spans, and generated taxi-shaped data for benchmarks."""

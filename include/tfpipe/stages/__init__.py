@@ -1,0 +1,109 @@
+"""The stage protocol: one command line for every ML stage, wherever it runs.
+
+    python -m tfpipe <stage> --input-uri ... --output-uri ... [--result-file URI]
+
+A stage logs progress to stderr as it goes, and prints exactly one result line to stdout,
+`TFPIPE_RESULT {json}`, with the URIs it wrote and a few small figures. On failure it prints
+`TFPIPE_ERROR {json}` naming the problem and exits non-zero. The Airflow side turns the result
+into XCom and the error into the task's failure message; Kubernetes pods and Vertex AI jobs get
+the same result through `--result-file`. Only the chosen stage's module is imported, so a stage
+that needs no TensorFlow starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from typing import Any
+
+from tfpipe import artifacts
+from tfpipe.errors import TfpipeError
+
+RESULT_PREFIX = "TFPIPE_RESULT "
+ERROR_PREFIX = "TFPIPE_ERROR "
+
+# stage name -> (module, one-line description). Modules are imported only when chosen.
+STAGES: dict[str, tuple[str, str]] = {
+    "land-spans": ("tfpipe.data.landing", "split a trips file into monthly spans in the landing area"),
+    "generate": ("tfpipe.data.generate", "generate taxi-shaped data of any size from the sample"),
+    "ingest": ("tfpipe.stages.ingest", "collect one span (or a given file/folder) into the run's examples"),
+    "statistics": ("tfpipe.stages.statistics", "compute TFDV statistics and an HTML view of the examples"),
+}
+
+log = logging.getLogger("tfpipe.stage")
+
+
+def _usage() -> dict[str, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_seconds": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
+        # ru_maxrss is in KiB on Linux.
+        "peak_rss_mib": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1),
+    }
+
+
+def _parser(stage: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfpipe",
+        description="Run one tfpipe ML stage.",
+        epilog="stages:\n" + "\n".join(f"  {name:<12} {text}" for name, (_, text) in STAGES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (module_name, text) in STAGES.items():
+        sub = subparsers.add_parser(name, help=text, description=text)
+        sub.add_argument("--result-file", help="also write the JSON result to this URI")
+        if name == stage:
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def emit(prefix: str, payload: dict[str, Any]) -> None:
+    sys.stdout.write(prefix + json.dumps(payload, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Under Airflow the task log adds its own timestamps (TFPIPE_LOG_PLAIN=1); elsewhere we add ours.
+    plain = os.environ.get("TFPIPE_LOG_PLAIN") == "1"
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format=("" if plain else "%(asctime)s ") + "%(levelname)s [%(name)s] %(message)s",
+        force=True,
+    )
+    # Library chatter that says nothing about our data; warnings and errors still come through.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core.*")
+    stage = argv[0] if argv and argv[0] in STAGES else None
+    args = _parser(stage).parse_args(argv)
+    module = importlib.import_module(STAGES[args.stage][0])
+    started = time.perf_counter()
+    log.info("stage %s starting", args.stage)
+    try:
+        result = dict(module.run(args))
+    except TfpipeError as exc:
+        log.error("%s", exc)
+        emit(ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": str(exc)})
+        return 2
+    except Exception as exc:  # an unexpected bug: keep the traceback for whoever debugs it
+        log.exception("stage %s crashed", args.stage)
+        emit(
+            ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}"}
+        )
+        return 1
+    result["usage"] = {"wall_seconds": round(time.perf_counter() - started, 3), **_usage()}
+    if args.result_file:
+        artifacts.write_json(args.result_file, result)
+    log.info("stage %s finished in %.1f s", args.stage, result["usage"]["wall_seconds"])
+    emit(RESULT_PREFIX, result)
+    return 0

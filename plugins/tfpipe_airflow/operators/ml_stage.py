@@ -1,0 +1,105 @@
+"""RunMLStageOperator: one operator for every ML stage, wherever it runs.
+
+The pipeline config's `execution.mode` picks where: a local subprocess of the ML runtime (the
+embedded default), a Kubernetes pod of the ML image, or a Vertex AI custom job. The stage, its
+arguments and its result (pushed as XCom) are the same in every mode, so what runs on a laptop is
+what runs in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+
+from tfpipe.config import ExecutionConfig
+from tfpipe_airflow.hooks.ml_stage import LocalMLStageHook, stage_argv
+
+
+class RunMLStageOperator(BaseOperator):
+    """Run `python -m tfpipe <stage>` with templated arguments; return the stage's JSON result.
+
+    :param stage: stage name (see `python -m tfpipe --help`).
+    :param arguments: stage options, `{"output_uri": ...}` becomes `--output-uri ...`. Templated;
+        values may be XComArgs of upstream stages.
+    :param execution: where to run, from the pipeline config.
+    :param result_uri: where the stage also writes its result (required for Vertex AI jobs, whose
+        only way back is storage). Templated.
+    """
+
+    template_fields = ("arguments", "result_uri")
+    template_fields_renderers = {"arguments": "json"}
+    ui_color = "#fde9c8"
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        execution: ExecutionConfig,
+        arguments: Mapping[str, Any] | None = None,
+        result_uri: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Each key of the result is its own XCom too, so `task.output["examples_uri"]` works downstream.
+        kwargs.setdefault("multiple_outputs", True)
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.execution = execution
+        self.arguments = dict(arguments or {})
+        self.result_uri = result_uri
+        self._local_hook: LocalMLStageHook | None = None
+        self._remote: Any = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        argv = stage_argv(self.arguments)
+        mode = self.execution.mode
+        if mode == "local":
+            local = self.execution.local
+            self._local_hook = LocalMLStageHook(python=local.python)
+            if self.result_uri:
+                argv += ["--result-file", self.result_uri]
+            return self._local_hook.run(self.stage, argv)
+        if mode == "kubernetes":
+            # Imported here: the Kubernetes provider is not needed to parse DAGs or run locally.
+            from tfpipe_airflow.execution.kubernetes import build_pod_operator
+
+            assert self.execution.kubernetes is not None
+            self._remote = build_pod_operator(
+                task_id=self.task_id,
+                stage=self.stage,
+                argv=argv,
+                config=self.execution.kubernetes,
+                labels=self._labels(),
+            )
+            return self._remote.execute(context)
+        if mode == "vertex_ai":
+            from airflow.providers.google.cloud.hooks.vertex_ai.custom_job import CustomJobHook
+
+            from tfpipe_airflow.execution.vertex_ai import build_custom_job, run_custom_job
+
+            config = self.execution.vertex_ai
+            assert config is not None
+            if not self.result_uri or not self.result_uri.startswith("gs://"):
+                raise ValueError(f"a Vertex AI stage needs a gs:// result_uri, got {self.result_uri!r}")
+            job = build_custom_job(
+                display_name=f"{self.dag_id}-{self.task_id}",
+                stage=self.stage,
+                argv=argv,
+                result_uri=self.result_uri,
+                config=config,
+                labels=self._labels(),
+            )
+            hook = CustomJobHook(gcp_conn_id=config.gcp_conn_id, impersonation_chain=config.impersonation_chain)
+            self._remote = hook
+            return run_custom_job(hook=hook, job=job, config=config, result_uri=self.result_uri, log=self.log)
+        raise ValueError(f"unknown execution mode {mode!r}")
+
+    def _labels(self) -> dict[str, str]:
+        return {"dag_id": self.dag_id, "task_id": self.task_id}
+
+    def on_kill(self) -> None:
+        if self._local_hook is not None:
+            self._local_hook.kill()
+        elif self._remote is not None and hasattr(self._remote, "on_kill"):
+            self._remote.on_kill()

@@ -1,0 +1,90 @@
+"""Run chicago_taxi_training end to end on the demo's span, then print what ran and where it wrote.
+
+Called by `make demo`, which prepares the environment (virtual environments, landing area, Airflow
+database) and exports the settings this script relies on (AIRFLOW_HOME and friends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DAG_ID = "chicago_taxi_training"
+# A manual run takes the month before its logical date as its data interval: this is span 2016-12,
+# the newest month of the taxi sample.
+LOGICAL_DATE = "2017-01-01"
+ROOT = Path(__file__).resolve().parent.parent
+PROGRESS = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\S+)|INFO \[tfpipe[.\w]*\] (.*?) \[airflow")
+FINISHED = re.compile(r"DagRun Finished: .*?run_id=([^,]+),.*?state=(\w+)")
+
+
+def airflow(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "airflow", *args], check=True, capture_output=True, text=True).stdout
+
+
+def main() -> int:
+    log_path = ROOT / "state" / "demo" / "last_run.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Running {DAG_ID} for span 2016-12 (airflow dags test {DAG_ID} {LOGICAL_DATE}); full log: {log_path}")
+    started = time.monotonic()
+    run_id = state = None
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, LOGICAL_DATE],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if match := PROGRESS.search(line):
+                if match.group(1):
+                    print(f"  {match.group(1):>8} {match.group(2)}", flush=True)
+                else:
+                    print(f"           {match.group(3)}", flush=True)
+            if match := FINISHED.search(line):
+                run_id, state = match.group(1), match.group(2)
+    elapsed = time.monotonic() - started
+    if process.returncode != 0 or run_id is None:
+        print(
+            f"\nThe run failed ({state or 'no run'}), exit code {process.returncode}; see {log_path}", file=sys.stderr
+        )
+        return 1
+
+    tasks = json.loads(airflow("tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"))
+    print(f"\n{DAG_ID}: run {run_id} {state} in {elapsed:.0f} s\n")
+    print(f"  {'task':<22} {'state':<9} {'seconds':>8}  stage figures")
+    results_dir = None
+    for task in tasks:
+        result_file = _result_file(task["task_id"], run_id)
+        result = json.loads(result_file.read_text()) if result_file and result_file.exists() else {}
+        results_dir = result_file.parent if result_file else results_dir
+        usage = result.get("usage", {})
+        figures = ", ".join(f"{k}={v}" for k, v in result.items() if not k.endswith("_uri") and k != "usage")
+        seconds = usage.get("wall_seconds")
+        print(f"  {task['task_id']:<22} {task['state']:<9} {seconds if seconds is not None else '-':>8}  {figures}")
+        for key, value in result.items():
+            if key.endswith("_uri"):
+                print(f"  {'':<22} {key}: {value}")
+    print("\nArtifacts of this run:", results_dir.parent if results_dir else "(none)")
+    print("Airflow UI on this state: make airflow  (then http://127.0.0.1:8080, DAG chicago_taxi_training)")
+    return 0
+
+
+def _result_file(task_id: str, run_id: str) -> Path | None:
+    root = Path(os.environ.get("TFPIPE_ARTIFACT_ROOT", ROOT / "state" / "artifacts"))
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._")
+    matches = sorted(root.glob(f"chicago_taxi/span=*/run={key}/_stage_results/{task_id}.json"))
+    return matches[0] if matches else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
