@@ -81,8 +81,8 @@ format: $(VENV)/.installed  ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install  ## run the benchmarks; one JSON object per benchmark on stdout
-	$(VENV)/bin/python bench/run.py
+bench: install  ## run the benchmarks (BENCH="dag_parse ..." for some); one JSON object per benchmark
+	$(VENV)/bin/python bench/run.py $(BENCH)
 
 clean:  ## remove all local state (Airflow database, logs, landing area, artifacts)
 	rm -rf $(STATE)

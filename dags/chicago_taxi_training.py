@@ -15,6 +15,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from tfpipe.artifacts import ArtifactLayout
 from tfpipe.config import load_pipeline_config
 from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
+from tfpipe_airflow.sensors.landing import SpanLandedSensor
 from tfpipe_airflow.templates import DATA_SPAN, DATA_URI, FILTERS, MACROS, run_output_uri, stage_result_uri
 
 config = load_pipeline_config(Path(__file__).parent / "configs" / "chicago_taxi.yaml")
@@ -52,6 +53,14 @@ with DAG(
     tags=config.airflow.tags,
     doc_md=__doc__,
 ) as dag:
+    wait_for_span = SpanLandedSensor(
+        task_id="wait_for_span",
+        landing_uri=config.data.landing_uri,
+        span=DATA_SPAN,
+        data_uri=DATA_URI,
+        poke_interval=dt.timedelta(minutes=config.spans.landing_poke_minutes),
+        timeout=dt.timedelta(hours=config.spans.landing_timeout_hours),
+    )
     ingest = RunMLStageOperator(
         task_id="ingest_examples",
         stage="ingest",
@@ -74,4 +83,4 @@ with DAG(
         },
         result_uri=stage_result_uri(layout),
     )
-    ingest >> statistics
+    wait_for_span >> ingest >> statistics

@@ -67,6 +67,8 @@ class SpansConfig(_Model):
     granularity: Literal["monthly"] = "monthly"
     first: dt.date = Field(description="First day of the first span with data.")
     last: dt.date | None = Field(None, description="First day of the last span to schedule; open-ended if unset.")
+    landing_timeout_hours: float = Field(72, gt=0, description="How long a scheduled run waits for its span to land.")
+    landing_poke_minutes: float = Field(10, gt=0, description="How often it checks, holding no worker slot between.")
 
     @model_validator(mode="after")
     def _ordered(self) -> SpansConfig:

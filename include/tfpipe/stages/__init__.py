@@ -91,19 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stage %s starting", args.stage)
     try:
         result = dict(module.run(args))
+        result["usage"] = {"wall_seconds": round(time.perf_counter() - started, 3), **_usage()}
+        if args.result_file:
+            artifacts.write_json(args.result_file, result)
     except TfpipeError as exc:
         log.error("%s", exc)
         emit(ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": str(exc)})
         return 2
     except Exception as exc:  # an unexpected bug: keep the traceback for whoever debugs it
         log.exception("stage %s crashed", args.stage)
-        emit(
-            ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}"}
-        )
+        message = f"{type(exc).__name__}: {exc}"
+        emit(ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": message})
         return 1
-    result["usage"] = {"wall_seconds": round(time.perf_counter() - started, 3), **_usage()}
-    if args.result_file:
-        artifacts.write_json(args.result_file, result)
     log.info("stage %s finished in %.1f s", args.stage, result["usage"]["wall_seconds"])
     emit(RESULT_PREFIX, result)
     return 0

@@ -16,7 +16,7 @@ from tfpipe import artifacts
 from tfpipe.data.landing import DATA_FILE
 
 log = logging.getLogger(__name__)
-STATISTICS_FILE = "statistics.pb"
+STATISTICS_FILE = "statistics.tfrecord"
 HTML_FILE = "statistics.html"
 
 

@@ -93,7 +93,7 @@ def build_custom_job(
     if config.service_account:
         job_spec["service_account"] = config.service_account
     return {
-        "display_name": display_name[:_DISPLAY_NAME_MAX_LENGTH],
+        "display_name": display_name[:_DISPLAY_NAME_MAX_LENGTH],  # longer names are rejected
         "job_spec": job_spec,
         "labels": job_labels(stage, labels),
     }
@@ -113,12 +113,18 @@ def run_custom_job(
     result_uri: str,
     log: logging.Logger,
     sleep: Callable[[float], None] = time.sleep,
+    on_created: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Create the job, wait for it to finish and return the stage result it wrote to `result_uri`."""
+    """Create the job, wait for it to finish and return the stage result it wrote to `result_uri`.
+
+    `on_created` gets the job's name as soon as it exists, so that on_kill can cancel it while we wait.
+    """
     client = hook.get_job_service_client(region=config.region)
     parent = f"projects/{config.project_id}/locations/{config.region}"
     current = client.create_custom_job(parent=parent, custom_job=job)
     name = current.name
+    if on_created is not None:
+        on_created(name)
     log.info("Vertex AI custom job %s created: %s", name, console_url(name))
     state = current.state
     while state != JobState.JOB_STATE_SUCCEEDED and state not in FAILED_STATES:

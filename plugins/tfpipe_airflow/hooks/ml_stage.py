@@ -86,7 +86,7 @@ class LocalMLStageHook(BaseHook):
             else (self.python if os.access(self.python, os.X_OK) else None)
         )
         if not found:
-            raise AirflowFailException(
+            raise MLStageRejected(
                 f"ML runtime interpreter {self.python!r} not found: run `make install`, or set execution.local.python "
                 "in the pipeline config (TFPIPE_ML_PYTHON)"
             )

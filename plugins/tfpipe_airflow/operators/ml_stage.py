@@ -50,6 +50,8 @@ class RunMLStageOperator(BaseOperator):
         self.result_uri = result_uri
         self._local_hook: LocalMLStageHook | None = None
         self._remote: Any = None
+        self._vertex_hook: Any = None
+        self._vertex_job_name: str | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         argv = stage_argv(self.arguments)
@@ -91,9 +93,19 @@ class RunMLStageOperator(BaseOperator):
                 labels=self._labels(),
             )
             hook = CustomJobHook(gcp_conn_id=config.gcp_conn_id, impersonation_chain=config.impersonation_chain)
-            self._remote = hook
-            return run_custom_job(hook=hook, job=job, config=config, result_uri=self.result_uri, log=self.log)
+            self._vertex_hook = hook
+            return run_custom_job(
+                hook=hook,
+                job=job,
+                config=config,
+                result_uri=self.result_uri,
+                log=self.log,
+                on_created=self._remember_vertex_job,
+            )
         raise ValueError(f"unknown execution mode {mode!r}")
+
+    def _remember_vertex_job(self, name: str) -> None:
+        self._vertex_job_name = name
 
     def _labels(self) -> dict[str, str]:
         return {"dag_id": self.dag_id, "task_id": self.task_id}
@@ -101,5 +113,9 @@ class RunMLStageOperator(BaseOperator):
     def on_kill(self) -> None:
         if self._local_hook is not None:
             self._local_hook.kill()
-        elif self._remote is not None and hasattr(self._remote, "on_kill"):
+        elif self._remote is not None:
             self._remote.on_kill()
+        elif self._vertex_hook is not None and self._vertex_job_name and self.execution.vertex_ai is not None:
+            from tfpipe_airflow.execution.vertex_ai import cancel_custom_job
+
+            cancel_custom_job(self._vertex_hook, self._vertex_job_name, self.execution.vertex_ai.region)

@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 from airflow.providers.google.cloud.hooks.gcs import GCSHook
 from airflow.providers.google.cloud.hooks.vertex_ai.custom_job import CustomJobHook
+from airflow.providers.google.common.hooks.base_google import GoogleBaseHook
 from airflow.sdk.exceptions import AirflowException
 from google.api_core.exceptions import NotFound
 from google.cloud.aiplatform_v1.types import (
@@ -58,6 +59,14 @@ class FakeJobServiceClient:
 
     def cancel_custom_job(self, *, name: str) -> None:
         self.cancelled.append(CancelCustomJobRequest(name=name).name)
+
+
+@pytest.fixture(autouse=True)
+def no_google_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: GoogleBaseHook) -> None:
+        raise AssertionError("a test tried to fetch Google credentials")
+
+    monkeypatch.setattr(GoogleBaseHook, "get_credentials_and_project_id", refuse)
 
 
 @pytest.fixture
@@ -140,9 +149,7 @@ def test_job_without_service_account_uses_the_default(config: VertexAIExecution)
 
 def test_result_uri_must_be_gcs(config: VertexAIExecution) -> None:
     with pytest.raises(ValueError, match="gs://"):
-        build_custom_job(
-            display_name="x", stage="statistics", argv=[], result_uri="/tmp/result.json", config=config
-        )
+        build_custom_job(display_name="x", stage="statistics", argv=[], result_uri="/tmp/result.json", config=config)
 
 
 @pytest.mark.parametrize("key", ["Run ID", "1st", "app.kubernetes.io/part-of", "x" * 70])
@@ -160,6 +167,7 @@ def test_run_polls_until_success_and_returns_the_result(
         [JobState.JOB_STATE_RUNNING, JobState.JOB_STATE_RUNNING, JobState.JOB_STATE_SUCCEEDED]
     )
     sleeps: list[float] = []
+    created: list[str] = []
     job = statistics_job(config)
     result = {"stage": "statistics", "statistics_uri": "gs://acme-ml/statistics/stats.pb"}
     log = logging.getLogger("test.vertex_ai")
@@ -169,14 +177,24 @@ def test_run_polls_until_success_and_returns_the_result(
         mock.patch.object(GCSHook, "download", autospec=True, return_value=json.dumps(result).encode()) as download,
         caplog.at_level(logging.INFO, logger=log.name),
     ):
-        assert run_custom_job(
-            hook=hook, job=job, config=config, result_uri=RESULT_URI, log=log, sleep=sleeps.append
-        ) == result
+        assert (
+            run_custom_job(
+                hook=hook,
+                job=job,
+                config=config,
+                result_uri=RESULT_URI,
+                log=log,
+                sleep=sleeps.append,
+                on_created=created.append,
+            )
+            == result
+        )
 
     get_client.assert_called_once_with(hook, region="europe-west4")
     assert client.created is not None
     assert client.created.parent == "projects/acme-ml/locations/europe-west4"
     assert client.created.custom_job == CustomJob(job)
+    assert created == [JOB_NAME]
     assert client.polled == [JOB_NAME] * 3
     assert sleeps == [45, 45, 45]
 

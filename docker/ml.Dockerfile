@@ -1,0 +1,16 @@
+# ML runtime image: TensorFlow, TFDV, TFMA, Beam and the tfpipe library. Runs one stage per
+# container: `python -m tfpipe <stage> ...` (Kubernetes pods and Vertex AI custom jobs).
+# Debian 12 (glibc 2.36), like the Airflow image: TFDV 1.16 is the newest TFDV that loads on it.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=1
+COPY requirements-ml.lock /opt/tfpipe/requirements-ml.lock
+RUN pip install --no-cache-dir -r /opt/tfpipe/requirements-ml.lock
+COPY include /opt/tfpipe/include
+RUN pip install --no-cache-dir --no-deps /opt/tfpipe/include
+
+RUN useradd --create-home --uid 50000 tfpipe
+USER tfpipe
+WORKDIR /home/tfpipe
+ENTRYPOINT []
+CMD ["python", "-m", "tfpipe", "--help"]
