@@ -27,8 +27,9 @@ def main(selected: list[str]) -> int:
         python = PYTHONS[runtime.group(1) if runtime else "airflow"]
         print(f"# {name}", file=sys.stderr, flush=True)
         done = subprocess.run([str(python), str(script)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        sys.stdout.write(done.stdout)
-        sys.stdout.flush()
+        # Libraries may log to stdout; only the benchmark's JSON objects belong there.
+        for line in done.stdout.splitlines():
+            print(line, file=sys.stdout if line.startswith("{") else sys.stderr, flush=True)
         failures += done.returncode != 0
     return 1 if failures else 0
 
