@@ -16,7 +16,15 @@ from tfpipe.artifacts import ArtifactLayout
 from tfpipe.config import load_pipeline_config
 from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
 from tfpipe_airflow.sensors.landing import SpanLandedSensor
-from tfpipe_airflow.templates import DATA_SPAN, DATA_URI, FILTERS, MACROS, run_output_uri, stage_result_uri
+from tfpipe_airflow.templates import (
+    DATA_SPAN,
+    DATA_URI,
+    FILTERS,
+    MACROS,
+    previous_span_uri,
+    run_output_uri,
+    stage_result_uri,
+)
 
 config = load_pipeline_config(Path(__file__).parent / "configs" / "chicago_taxi.yaml")
 layout = ArtifactLayout(config.artifacts.root, config.pipeline)
@@ -73,14 +81,19 @@ with DAG(
         },
         result_uri=stage_result_uri(layout),
     )
-    statistics = RunMLStageOperator(
-        task_id="compute_statistics",
-        stage="statistics",
+    # The first gate: nothing downstream runs unless the data passes.
+    validate = RunMLStageOperator(
+        task_id="validate_examples",
+        stage="validate",
         execution=config.execution,
         arguments={
             "examples_uri": ingest.output["examples_uri"],
-            "output_uri": run_output_uri(layout, "statistics"),
+            "output_uri": run_output_uri(layout, "validation"),
+            "config": config.validation.model_dump_json(),
+            "span": DATA_SPAN,
+            "previous_uri": previous_span_uri(config.data.landing_uri),
+            "serving_uri": config.validation.serving_data_uri or "",
         },
         result_uri=stage_result_uri(layout),
     )
-    wait_for_span >> ingest >> statistics
+    wait_for_span >> ingest >> validate

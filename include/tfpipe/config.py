@@ -17,6 +17,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from tfpipe.errors import ConfigError
+from tfpipe.validation.expectations import ExpectationsConfig
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SLUG = r"^[a-z][a-z0-9_]*$"
@@ -59,6 +61,8 @@ def _pinned_image(value: str) -> str:
 # A local path (made absolute against the project root) or a URI such as gs://bucket/prefix.
 PathOrUri = Annotated[str, AfterValidator(_resolve_local)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
+# An optional path: an empty value (an unset ${VARIABLE:-}) means "not configured".
+OptionalPathOrUri = Annotated[PathOrUri | None, BeforeValidator(lambda value: None if value == "" else value)]
 
 
 class SpansConfig(_Model):
@@ -80,7 +84,7 @@ class SpansConfig(_Model):
 
 
 class DataConfig(_Model):
-    sample_uri: PathOrUri | None = Field(None, description="Historical data the demo splits into the landing area.")
+    sample_uri: OptionalPathOrUri = Field(None, description="Historical data the demo splits into the landing area.")
     landing_uri: PathOrUri = Field(description="Folder of spans: <landing_uri>/span=YYYY-MM/*.csv")
     format: Literal["csv"] = "csv"
     timestamp_column: str
@@ -144,6 +148,35 @@ class ExecutionConfig(_Model):
         return self
 
 
+class ComparatorConfig(_Model):
+    """Drift or skew threshold of one feature: Jensen-Shannon divergence (numeric features) or
+    L-infinity distance (categorical ones), and whether crossing it fails the run or warns."""
+
+    threshold: float | None = Field(description="None: this feature is not compared.")
+    severity: Literal["error", "warning"] = "warning"
+
+
+class ComparisonConfig(_Model):
+    min_examples: int = Field(
+        200, ge=1, description="Below this many rows on either side a distance is noise: not judged, a warning says so."
+    )
+    features: dict[str, ComparatorConfig] = {}
+
+
+class ValidationConfig(_Model):
+    schema_path: PathOrUri = Field(description="The curated TFDV schema (text proto), reviewed like code.")
+    training_environment: str = "TRAINING"
+    serving_environment: str = "SERVING"
+    drift: ComparisonConfig = ComparisonConfig()
+    skew: ComparisonConfig = ComparisonConfig()
+    serving_data_uri: OptionalPathOrUri = Field(
+        None, description="Serving data (the model server's request log) to check training data against for skew."
+    )
+    histogram_buckets: int = Field(50, ge=2, description="Finer buckets make distances sensitive to real shifts.")
+    beam_pipeline_args: list[str] = ["--runner=DirectRunner"]
+    expectations: ExpectationsConfig = ExpectationsConfig()
+
+
 class AirflowConfig(_Model):
     owner: str = "ml-platform"
     retries: int = Field(1, ge=0)
@@ -158,6 +191,7 @@ class PipelineConfig(_Model):
     spans: SpansConfig
     data: DataConfig
     artifacts: ArtifactsConfig
+    validation: ValidationConfig
     execution: ExecutionConfig
     airflow: AirflowConfig = AirflowConfig()
     source_path: str | None = Field(None, description="The file this config was loaded from (set by the loader).")

@@ -30,11 +30,27 @@ def artifact_partition(params: Mapping[str, Any], data_interval_start: dt.dateti
     return span
 
 
-MACROS = {"tfpipe_data_span": data_span, "tfpipe_partition": artifact_partition}
+def previous_span(data_interval_start: dt.datetime | None) -> str:
+    """The span before the run's span (YYYY-MM), or "" when the run has no data interval."""
+    if data_interval_start is None:
+        return ""
+    year, month = data_interval_start.year, data_interval_start.month
+    return f"{year - (month == 1)}-{(month - 2) % 12 + 1:02d}"
+
+
+MACROS = {"tfpipe_data_span": data_span, "tfpipe_partition": artifact_partition, "tfpipe_previous_span": previous_span}
 FILTERS = {"tfpipe_run_key": run_key}
 
 DATA_SPAN = "{{ tfpipe_data_span(data_interval_start) }}"
 DATA_URI = "{{ params.data_uri or '' }}"
+
+
+def previous_span_uri(landing_uri: str) -> str:
+    """A template for the previous span's landing folder; "" for a run on named data (no previous span)."""
+    return (
+        "{{ '' if params.data_uri or not data_interval_start else "
+        f"'{landing_uri.rstrip('/')}/span=' ~ tfpipe_previous_span(data_interval_start) }}}}"
+    )
 
 
 def run_output_uri(layout: ArtifactLayout, output: str) -> str:

@@ -54,7 +54,7 @@ def test_training_dag_is_monthly_backfillable_and_takes_a_data_uri(dagbag):
     assert dag.start_date == dt.datetime(2013, 1, 1, tzinfo=dt.UTC)
     assert dag.catchup is False
     assert "data_uri" in dag.params and dag.params["data_uri"] is None
-    assert {task.task_id for task in dag.tasks} >= {"wait_for_span", "ingest_examples", "compute_statistics"}
+    assert {task.task_id for task in dag.tasks} >= {"wait_for_span", "ingest_examples", "validate_examples"}
     for task in dag.tasks:
         assert task.retries == 1 and task.owner == "ml-platform"
     assert dag.get_task("wait_for_span").mode == "reschedule", "waiting for data holds no worker slot"

@@ -81,7 +81,8 @@ def test_backfill_over_three_spans_gives_three_runs_each_on_its_own_span(stack):
         with open(stack.landing / f"span={span}" / "trips.csv", newline="") as handle:
             landed_rows = sum(1 for _ in csv.reader(handle)) - 1
         assert manifest["row_count"] == landed_rows
-        assert (run_dir / "statistics" / "statistics.tfrecord").stat().st_size > 0
+        assert (run_dir / "validation" / "statistics" / "examples" / "statistics.pb").stat().st_size > 0
+        assert (run_dir / "validation" / "report.html").exists()
 
 
 def test_clearing_a_finished_task_reruns_it_into_the_same_artifacts(stack):
@@ -103,13 +104,13 @@ def test_clearing_a_finished_task_reruns_it_into_the_same_artifacts(stack):
             "dry_run": False,
         },
     )
-    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", "compute_statistics"}
+    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", "validate_examples"}
 
     def rerun_finished():
         states = stack.task_states(DAG_ID, run["dag_run_id"])
-        done = ingest_result.stat().st_mtime_ns != first_mtime and states["compute_statistics"] in ("success", "failed")
+        done = ingest_result.stat().st_mtime_ns != first_mtime and states["validate_examples"] in ("success", "failed")
         return states if done else None
 
     states = stack.wait_for(rerun_finished, timeout=300, what="cleared tasks to run again", interval=2)
-    assert states["ingest_examples"] == "success" and states["compute_statistics"] == "success"
+    assert states["ingest_examples"] == "success" and states["validate_examples"] == "success"
     assert _tree(run_root) == before, "the rerun rewrote the same files with the same content, and nothing else"

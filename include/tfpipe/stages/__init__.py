@@ -34,7 +34,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "land-spans": ("tfpipe.data.landing", "split a trips file into monthly spans in the landing area"),
     "generate": ("tfpipe.data.generate", "generate taxi-shaped data of any size from the sample"),
     "ingest": ("tfpipe.stages.ingest", "collect one span (or a given file/folder) into the run's examples"),
-    "statistics": ("tfpipe.stages.statistics", "compute TFDV statistics and an HTML view of the examples"),
+    "validate": (
+        "tfpipe.stages.validate",
+        "check examples: schema, drift, skew, Great Expectations; fail on errors",
+    ),
 }
 
 log = logging.getLogger("tfpipe.stage")

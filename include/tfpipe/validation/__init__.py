@@ -1,0 +1,1 @@
+"""Data validation: TFDV statistics, schema anomalies, drift and skew, Great Expectations rules."""

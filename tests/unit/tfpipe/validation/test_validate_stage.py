@@ -1,0 +1,214 @@
+"""The data gate on real taxi spans: a clean span passes, each kind of bad span stops the run.
+
+Each bad span is built from a real month of the sample with one problem put in; the failure must
+name the offending column and rule in its summary. Runs the real TFDV (on Beam's DirectRunner) and
+Great Expectations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG_PATH, SAMPLE_CSV
+from tfpipe.config import load_pipeline_config
+from tfpipe.data.spans import span_of_timestamp
+from tfpipe.stages.validate import ValidationFailed, run
+
+SPAN, PREVIOUS = "2013-06", "2013-05"
+
+
+def _span_rows(span: str) -> tuple[list[str], list[dict[str, str]]]:
+    with open(SAMPLE_CSV, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [row for row in reader if span_of_timestamp(float(row["trip_start_timestamp"])) == span]
+        return list(reader.fieldnames or []), rows
+
+
+def _write(path: Path, header: list[str], rows: list[dict[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def validation_config() -> str:
+    return load_pipeline_config(CONFIG_PATH).validation.model_dump_json()
+
+
+@pytest.fixture(scope="module")
+def previous_span(tmp_path_factory) -> Path:
+    header, rows = _span_rows(PREVIOUS)
+    return _write(tmp_path_factory.mktemp("previous") / "trips.csv", header, rows)
+
+
+def _validate(tmp_path: Path, config: str, previous: Path | None, *, span: str | None = SPAN) -> dict:
+    return run(
+        argparse.Namespace(
+            examples_uri=str(tmp_path / "examples"),
+            output_uri=str(tmp_path / "validation"),
+            config=config,
+            span=span,
+            previous_uri=str(previous) if previous else None,
+            serving_uri=None,
+        )
+    )
+
+
+def _fails(tmp_path: Path, config: str, previous: Path | None) -> str:
+    with pytest.raises(ValidationFailed) as raised:
+        _validate(tmp_path, config, previous)
+    message = str(raised.value)
+    assert f"full report: {tmp_path / 'validation' / 'report.html'}" in message
+    assert (tmp_path / "validation" / "report.html").exists(), "the report is written even when the data fails"
+    return message
+
+
+def test_a_clean_span_passes_with_its_report(tmp_path, validation_config, previous_span):
+    header, rows = _span_rows(SPAN)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    result = _validate(tmp_path, validation_config, previous_span)
+    assert result["passed"] is True and result["rows"] == len(rows)
+    findings = json.loads((tmp_path / "validation" / "findings.json").read_text())
+    assert [f for f in findings if f["severity"] == "error"] == []
+    assert (tmp_path / "validation" / "expectations" / "data_docs" / "index.html").exists()
+    assert "PASS" in (tmp_path / "validation" / "report.html").read_text()
+
+
+def _mutated(mutate) -> tuple[list[str], list[dict[str, str]]]:
+    header, rows = _span_rows(SPAN)
+    return mutate(list(header), [dict(row) for row in rows])
+
+
+def _text_in_fare(header, rows):
+    for row in rows[::10]:
+        row["fare"] = "twelve dollars"
+    return header, rows
+
+
+def _drop_column(header, rows):
+    header.remove("trip_start_hour")
+    return header, rows
+
+
+def _rename_column(header, rows):
+    header[header.index("fare")] = "fare_usd"
+    for row in rows:
+        row["fare_usd"] = row.pop("fare")
+    return header, rows
+
+
+def _missing_40_percent(header, rows):
+    for index, row in enumerate(rows):
+        if index % 5 < 2:
+            row["trip_seconds"] = ""
+    return header, rows
+
+
+def _out_of_range(header, rows):
+    for row in rows[:5]:
+        row["trip_start_hour"] = "31"
+    return header, rows
+
+
+def _new_category(header, rows):
+    for row in rows[:3]:
+        row["payment_type"] = "Bitcoin"
+    return header, rows
+
+
+def _fare_shift(header, rows):
+    for row in rows:
+        row["fare"] = f"{float(row['fare']) * 2 + 5:.2f}"
+    return header, rows
+
+
+def _payment_flip(header, rows):
+    swap = {"Cash": "Credit Card", "Credit Card": "Cash"}
+    for row in rows:
+        row["payment_type"] = swap.get(row["payment_type"], row["payment_type"])
+    return header, rows
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_text_in_fare, "fare [schema/wrong_type]"),
+        (_drop_column, "trip_start_hour [schema/schema_missing_column]"),
+        (_rename_column, "fare [schema/schema_missing_column]"),
+        (_missing_40_percent, "trip_seconds [schema/feature_type_low_fraction_present]"),
+        (_out_of_range, "trip_start_hour [schema/int_type_big_int]"),
+        (_new_category, "payment_type [schema/enum_type_unexpected_string_values]"),
+        (_fare_shift, "fare [drift/jensen_shannon]"),
+        (_payment_flip, "payment_type [drift/l_infinity]"),
+    ],
+    ids=[
+        "text-in-numeric",
+        "missing-column",
+        "renamed-column",
+        "40pct-missing",
+        "out-of-range",
+        "new-category",
+        "fare-drift",
+        "payment-mix-flip",
+    ],
+)
+def test_a_bad_span_stops_with_the_column_named(tmp_path, validation_config, previous_span, mutate, expected):
+    header, rows = _mutated(mutate)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    message = _fails(tmp_path, validation_config, previous_span)
+    assert f"ERROR   {expected}" in message, message
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "[file/empty_file]"),
+        ("HEADER", "[file/no_rows]"),
+        ("TRUNCATED", "[file/malformed_rows]"),
+        ("SEMICOLONS", "separated by semicolons"),
+    ],
+    ids=["empty", "header-only", "truncated", "wrong-delimiter"],
+)
+def test_a_file_that_is_not_data_stops_with_the_file_named(tmp_path, validation_config, content, expected):
+    header, rows = _span_rows(SPAN)
+    data = tmp_path / "examples" / "trips.csv"
+    _write(data, header, rows)
+    text = data.read_text()
+    if content == "HEADER":
+        text = text.splitlines(keepends=True)[0]
+    elif content == "TRUNCATED":
+        text = text[: len(text) - len(text.splitlines()[-1]) // 2 - 1]  # cut the last row in half
+    elif content == "SEMICOLONS":
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=";", lineterminator="\n").writerows(csv.reader(io.StringIO(text)))
+        text = buffer.getvalue()
+    else:
+        text = content
+    data.write_text(text)
+    message = _fails(tmp_path, validation_config, None)
+    assert expected in message and str(data) in message, message
+
+
+def test_the_first_span_is_judged_without_drift(tmp_path, validation_config):
+    header, rows = _span_rows(SPAN)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    assert _validate(tmp_path, validation_config, None)["passed"] is True
+
+
+def test_too_few_rows_to_judge_drift_is_a_warning_not_a_pass_or_fail(tmp_path, validation_config):
+    header, rows = _span_rows("2016-06")  # 66 trips
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    previous = _write(tmp_path / "previous" / "trips.csv", *_span_rows("2016-05"))
+    result = _validate(tmp_path, validation_config, previous, span="2016-06")
+    findings = json.loads((tmp_path / "validation" / "findings.json").read_text())
+    assert result["passed"] is True
+    assert [f["rule"] for f in findings if f["check"] == "drift"] == ["too_few_examples"]
