@@ -47,7 +47,8 @@ def main() -> int:
             log.write(line)
             if match := PROGRESS.search(line):
                 if match.group(1):
-                    print(f"  {match.group(1):>8} {match.group(2)}", flush=True)
+                    verb = "started" if match.group(1) == "starting" else "finished"
+                    print(f"  {verb:>8} {match.group(2)}", flush=True)
                 else:
                     print(f"           {match.group(3)}", flush=True)
             if match := FINISHED.search(line):

@@ -134,8 +134,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tfdv.write_anomalies_text(anomalies, str(staging / ANOMALIES_FILE))
             findings += schema_findings
             started = time.perf_counter()
-            frame = _read_frame(examples)
-            outcome = run_expectations(frame, config.expectations, span=span, output_dir=staging / "expectations")
+            frame = _read_frame(examples, _expectation_columns(config))
+            outcome = run_expectations(
+                frame,
+                config.expectations,
+                span=span,
+                output_dir=staging / "expectations",
+                run_name=args.span or "named-data",
+                run_time=span[0] if span else None,
+            )
             findings += outcome.findings
             log.info("Great Expectations suite in %.1f s", time.perf_counter() - started)
 
@@ -167,40 +174,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _read_frame(uri: str) -> Any:
-    """The examples as a data frame for the Great Expectations rules; numeric columns as numbers."""
-    import pandas as pd
+def _expectation_columns(config: ValidationConfig) -> list[str]:
+    rules = config.expectations
+    columns: list[str] = []
+    for rule in rules.unique:
+        columns += rule.columns
+    for rule in rules.at_most_multiple:
+        columns += [rule.column, rule.of]
+    if rules.freshness is not None:
+        columns.append(rules.freshness.column)
+    if rules.non_negative is not None:
+        columns += rules.non_negative.columns
+    return list(dict.fromkeys(columns))
 
-    local = artifacts.local_path(uri)
+
+def _read_frame(uri: str, columns: list[str]) -> Any:
+    """The columns the Great Expectations rules read, as a data frame; numeric columns as numbers."""
     if artifacts.is_remote(uri):  # GX reads a local copy; statistics above streamed the original
         folder = Path(tempfile.mkdtemp(prefix="tfpipe-gx-"))
         try:
             with artifacts.open_binary(uri) as source, open(folder / DATA_FILE, "wb") as target:
                 shutil.copyfileobj(source, target)
-            return _read_columns(pd, folder / DATA_FILE)
+            return _read_columns(folder / DATA_FILE, columns)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    return _read_columns(pd, local)
+    return _read_columns(artifacts.local_path(uri), columns)
 
 
-def _read_columns(pd: Any, path: Path) -> Any:
+def _read_columns(path: Path, columns: list[str]) -> Any:
+    import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
 
     # Malformed rows and values that are not numbers were already reported by the decoder; here
-    # the rows are skipped and the values count as missing.
+    # the rows are skipped and the values count as missing. Only the columns the rules read.
     with open(path, newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
+    wanted = [column for column in columns if column in header]
     table = pa_csv.read_csv(
         path,
         parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
         convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=True
+            include_columns=wanted, column_types=dict.fromkeys(wanted, pa.string()), strings_can_be_null=True
         ),
     )
-    frame = table.to_pandas()
-    for column in frame.columns:
-        converted = pd.to_numeric(frame[column], errors="coerce")
-        if converted.notna().sum() >= frame[column].notna().sum() * 0.5:
-            frame[column] = converted
-    return frame
+    frame = {}
+    for name in wanted:
+        text = table.column(name)
+        try:
+            frame[name] = pc.cast(text, pa.float64()).to_pandas()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            numbers = pd.to_numeric(text.to_pandas(), errors="coerce")
+            # A numeric column with a few bad values stays numeric; a text column stays text.
+            is_numeric = numbers.notna().sum() >= (text.length() - text.null_count) / 2
+            frame[name] = numbers if is_numeric else text.to_pandas()
+    return pd.DataFrame(frame)

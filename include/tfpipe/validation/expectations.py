@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,31 @@ def _finding(planned: _Planned, result: Any) -> Finding:
     return Finding("expectation", rule, planned.column, planned.severity, message, details)
 
 
+_RENDER_TIME = re.compile(r"\?d=\d{8}T\d{6}\.\d+Z")
+_TIMESTAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _renumber_uuids(text: str) -> str:
+    numbers: dict[str, str] = {}
+    return _UUID.sub(lambda m: numbers.setdefault(m.group(0), f"00000000-0000-4000-8000-{len(numbers):012d}"), text)
+
+
+def _strip_render_times(docs_dir: Path, run_time: str) -> None:
+    """Make Data Docs a pure function of the validation, so a rerun writes the same bytes.
+
+    GX stamps each page with the render time (a cache-buster on asset URLs), shows the wall-clock
+    validation time (shown as the run's own time instead), and gives its HTML
+    elements and in-memory objects random UUIDs; these are renumbered in order of appearance,
+    consistently within each page (element ids only link within their page).
+    """
+    for page in docs_dir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        cleaned = _renumber_uuids(_TIMESTAMP.sub(run_time, _RENDER_TIME.sub("", text)))
+        if cleaned != text:
+            page.write_text(cleaned, encoding="utf-8")
+
+
 def run_expectations(
     frame: pd.DataFrame,
     config: ExpectationsConfig,
@@ -330,6 +356,8 @@ def run_expectations(
     span: tuple[dt.datetime, dt.datetime] | None,
     output_dir: Path,
     suite_name: str = "chicago_taxi",
+    run_name: str = "validation",
+    run_time: dt.datetime | None = None,
 ) -> ExpectationsOutcome:
     """Validate `frame` against the configured rules, writing Data Docs to output_dir/data_docs/.
 
@@ -340,6 +368,7 @@ def run_expectations(
     """
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
 
     began = time.perf_counter()
     docs_dir = Path(output_dir) / "data_docs"
@@ -390,7 +419,9 @@ def run_expectations(
             result_format={"result_format": "BASIC", "partial_unexpected_count": _EXAMPLES},
         )
     )
-    checkpoint_result = checkpoint.run(batch_parameters={"dataframe": working})
+    # A fixed run identity (not the clock) names the result pages, so a rerun rewrites the same files.
+    run_id = RunIdentifier(run_name=run_name, run_time=run_time or dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+    checkpoint_result = checkpoint.run(batch_parameters={"dataframe": working}, run_id=run_id)
 
     statistics: dict[str, Any] = {"rows": len(frame)}
     for suite_result in checkpoint_result.run_results.values():
@@ -400,6 +431,7 @@ def run_expectations(
                 findings.append(_finding(by_id[result.expectation_config.id], result))
     statistics["seconds"] = round(time.perf_counter() - began, 3)
 
+    _strip_render_times(docs_dir, run_id.run_time.strftime("%Y%m%dT%H%M%S.%fZ"))
     index = docs_dir / "index.html"
     return ExpectationsOutcome(
         success=not any(finding.severity == "error" for finding in findings),

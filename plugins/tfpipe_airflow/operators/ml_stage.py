@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator, Context
 
 from tfpipe.config import ExecutionConfig
 from tfpipe_airflow.hooks.ml_stage import LocalMLStageHook, stage_argv
+from tfpipe_airflow.links.artifacts import StageReportLink
 
 
 class RunMLStageOperator(BaseOperator):
@@ -31,6 +32,7 @@ class RunMLStageOperator(BaseOperator):
     template_fields = ("arguments", "result_uri")
     template_fields_renderers = {"arguments": "json"}
     ui_color = "#fde9c8"
+    operator_extra_links = (StageReportLink(),)
 
     def __init__(
         self,

@@ -212,3 +212,18 @@ def test_too_few_rows_to_judge_drift_is_a_warning_not_a_pass_or_fail(tmp_path, v
     findings = json.loads((tmp_path / "validation" / "findings.json").read_text())
     assert result["passed"] is True
     assert [f["rule"] for f in findings if f["check"] == "drift"] == ["too_few_examples"]
+
+
+def test_a_rerun_writes_the_same_bytes(tmp_path, validation_config, previous_span):
+    """Clearing the task reruns it into the same folder: same files, same content, nothing extra."""
+    header, rows = _span_rows(SPAN)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+
+    def tree() -> dict[str, bytes]:
+        root = tmp_path / "validation"
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    _validate(tmp_path, validation_config, previous_span)
+    first = tree()
+    _validate(tmp_path, validation_config, previous_span)
+    assert tree() == first

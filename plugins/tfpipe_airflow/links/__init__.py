@@ -1,0 +1,1 @@
+"""Operator extra links, and the artifact viewer they open for artifacts on local disk."""
