@@ -2,7 +2,15 @@
 
 
 class TfpipeError(Exception):
-    """Base class for expected failures: the message is the whole story, no traceback needed."""
+    """Base class for expected failures: the message is the whole story, no traceback needed.
+
+    `details` carries small JSON values that outlive the failure, such as the URI of the report
+    that explains it, so the Airflow task can still link to it.
+    """
+
+    def __init__(self, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
 
 
 class ConfigError(TfpipeError):

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             artifacts.write_json(args.result_file, result)
     except TfpipeError as exc:
         log.error("%s", exc)
-        emit(ERROR_PREFIX, {"stage": args.stage, "error": type(exc).__name__, "message": str(exc)})
+        payload = {"stage": args.stage, "error": type(exc).__name__, "message": str(exc), "details": exc.details}
+        emit(ERROR_PREFIX, payload)
         return 2
     except Exception as exc:  # an unexpected bug: keep the traceback for whoever debugs it
         log.exception("stage %s crashed", args.stage)

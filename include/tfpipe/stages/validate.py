@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for line in text.splitlines():
         (log.error if line.startswith("ERROR") else log.warning if line.startswith("WARNING") else log.info)(line)
     if failed:
-        raise ValidationFailed(f"validation failed: {len(failed)} error(s)\n{text}")
+        raise ValidationFailed(f"validation failed: {len(failed)} error(s)\n{text}", {"report_uri": report_uri})
     return {
         "passed": True,
         "rows": decoded.rows,

@@ -43,9 +43,20 @@ EXPECTED_FAILURE_EXIT_CODE = 2
 class MLStageFailed(AirflowException):
     """The stage crashed or was killed; a retry may help."""
 
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
+
 
 class MLStageRejected(AirflowFailException):
-    """The stage refused its input (bad data, bad arguments); a retry of the same input cannot help."""
+    """The stage refused its input (bad data, bad arguments); a retry of the same input cannot help.
+
+    `details` holds what the stage left behind for a person, such as the report explaining why.
+    """
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
 
 
 def stage_argv(arguments: Mapping[str, Any]) -> list[str]:
@@ -135,8 +146,8 @@ class LocalMLStageHook(BaseHook):
         if error is not None:
             message = f"ML stage {stage!r} failed: {error['message']}"
             if returncode == EXPECTED_FAILURE_EXIT_CODE:
-                raise MLStageRejected(message)
-            raise MLStageFailed(message)
+                raise MLStageRejected(message, error.get("details"))
+            raise MLStageFailed(message, error.get("details"))
         if returncode < 0:
             raise MLStageFailed(f"ML stage {stage!r} was killed by signal {signal.Signals(-returncode).name}")
         last = tail[-1] if tail else "no output"

@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from tfpipe.config import ExecutionConfig
-from tfpipe_airflow.hooks.ml_stage import LocalMLStageHook, stage_argv
+from tfpipe_airflow.hooks.ml_stage import LocalMLStageHook, MLStageFailed, MLStageRejected, stage_argv
 from tfpipe_airflow.links.artifacts import StageReportLink
 
 
@@ -63,7 +63,13 @@ class RunMLStageOperator(BaseOperator):
             self._local_hook = LocalMLStageHook(python=local.python)
             if self.result_uri:
                 argv += ["--result-file", self.result_uri]
-            return self._local_hook.run(self.stage, argv)
+            try:
+                return self._local_hook.run(self.stage, argv)
+            except (MLStageFailed, MLStageRejected) as failure:
+                # What the stage left for a person (its report) stays reachable from the failed task.
+                for key, value in failure.details.items():
+                    context["ti"].xcom_push(key=key, value=value)
+                raise
         if mode == "kubernetes":
             # Imported here: the Kubernetes provider is not needed to parse DAGs or run locally.
             from tfpipe_airflow.execution.kubernetes import build_pod_operator

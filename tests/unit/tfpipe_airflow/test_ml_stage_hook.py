@@ -113,3 +113,24 @@ def _gone_or_zombie(pid: int) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_rejected_stage_leaves_its_report_reachable_from_the_task(tmp_path):
+    """The operator pushes what the failing stage left (its report URI) before failing the task."""
+    from unittest.mock import MagicMock
+
+    from tfpipe.config import ExecutionConfig
+    from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
+
+    error = '{"stage": "validate", "message": "validation failed", "details": {"report_uri": "/r/report.html"}}'
+    python = _fake_python(tmp_path, f"echo 'TFPIPE_ERROR {error}'; exit 2\n")
+    operator = RunMLStageOperator(
+        task_id="validate_examples",
+        stage="validate",
+        execution=ExecutionConfig.model_validate({"local": {"python": python}}),
+    )
+    ti = MagicMock()
+    with pytest.raises(MLStageRejected, match="validation failed") as raised:
+        operator.execute({"ti": ti})
+    assert raised.value.details == {"report_uri": "/r/report.html"}
+    ti.xcom_push.assert_called_once_with(key="report_uri", value="/r/report.html")
