@@ -24,7 +24,7 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export TFPIPE_ML_PYTHON := $(CURDIR)/$(ML_VENV)/bin/python
 export TFPIPE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help install lock landing airflow-init demo airflow test lint format bench clean
+.PHONY: help install lock landing airflow-init demo airflow env test lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -68,6 +68,13 @@ demo: install landing airflow-init  ## run chicago_taxi_training end to end on t
 
 airflow: install airflow-init  ## open the Airflow UI on the demo's state at http://127.0.0.1:8080
 	$(VENV)/bin/airflow standalone
+
+env:  ## print the demo's environment for a shell: eval "$$(make -s env)", then use airflow and python -m tfpipe
+	@echo 'export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(AIRFLOW__CORE__DAGS_FOLDER)'
+	@echo 'export AIRFLOW__CORE__PLUGINS_FOLDER=$(AIRFLOW__CORE__PLUGINS_FOLDER) AIRFLOW__CORE__LOAD_EXAMPLES=False'
+	@echo 'export AIRFLOW__CORE__EXECUTOR=LocalExecutor AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True'
+	@echo 'export TFPIPE_ML_PYTHON=$(TFPIPE_ML_PYTHON) TFPIPE_PROJECT_ROOT=$(TFPIPE_PROJECT_ROOT)'
+	@echo 'export PATH=$(CURDIR)/$(VENV)/bin:$$PATH'
 
 test: install lint  ## run every test (unit, DAG integrity, integration)
 	$(VENV)/bin/python -m pytest tests/unit/tfpipe_airflow tests/dags tests/integration

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         statistics, decoded = computed["examples"]
         findings: list[Finding] = decoded.findings("examples")
         rows = {"this span": decoded.rows}
-        previous = serving = None
+        previous = serving = shown_baseline = None
         drift = _policies(config.drift)
         skew = _policies(config.skew)
         if "previous" in computed:
@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             small = _too_small("the previous span", {**rows, "previous span": previous_rows}, config.drift, "drift")
             findings += [small] if small else []
             previous = None if small else computed["previous"][0]
+            shown_baseline = computed["previous"][0]  # shown in the report even when too small to judge
         if "serving" in computed:
             serving_rows = computed["serving"][1].rows
             findings += [f for f in computed["serving"][1].findings("serving") if f.check == "file"]
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             staging / REPORT_FILE,
             title=f"Data validation: {args.span or 'named data'}",
             statistics=statistics,
-            baseline=previous,
+            baseline=shown_baseline,
             baseline_name="previous span",
             findings=findings,
             links={"Great Expectations Data Docs": "expectations/data_docs/index.html", "anomalies": ANOMALIES_FILE},
