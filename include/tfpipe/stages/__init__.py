@@ -34,6 +34,11 @@ STAGES: dict[str, tuple[str, str]] = {
     "land-spans": ("tfpipe.data.landing", "split a trips file into monthly spans in the landing area"),
     "generate": ("tfpipe.data.generate", "generate taxi-shaped data of any size from the sample"),
     "ingest": ("tfpipe.stages.ingest", "collect one span (or a given file/folder) into the run's examples"),
+    "expectations": ("tfpipe.stages.expectations", "run the Great Expectations suite of the validation gate"),
+    "propose-schema": (
+        "tfpipe.stages.propose_schema",
+        "propose a schema update from data for review; never writes the schema",
+    ),
     "validate": (
         "tfpipe.stages.validate",
         "check examples: schema, drift, skew, Great Expectations; fail on errors",
@@ -57,7 +62,7 @@ def _parser(stage: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tfpipe",
         description="Run one tfpipe ML stage.",
-        epilog="stages:\n" + "\n".join(f"  {name:<12} {text}" for name, (_, text) in STAGES.items()),
+        epilog="stages:\n" + "\n".join(f"  {name:<15} {text}" for name, (_, text) in STAGES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     # Library chatter that says nothing about our data; warnings and errors still come through.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for chatty in ("apache_beam", "great_expectations"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core.*")
     stage = argv[0] if argv and argv[0] in STAGES else None
     args = _parser(stage).parse_args(argv)

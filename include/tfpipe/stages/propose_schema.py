@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import logging
 import os
@@ -100,7 +101,8 @@ def curated_comments(text: str) -> tuple[list[str], dict[str, list[str]], int]:
             block.append(line)
             continue
         if block and _FEATURE_START.match(line):
-            name = next((m.group(1) for m in map(_NAME.match, lines[index + 1 :]) if m), None)
+            body = itertools.takewhile(lambda text: not text.startswith("}"), lines[index + 1 :])
+            name = next((m.group(1) for m in map(_NAME.match, body) if m), None)
             if name is not None and name not in by_feature:
                 by_feature[name] = block
                 kept += len(block)

@@ -11,10 +11,11 @@ is the short summary (each failing column and rule) and ends with the report's l
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +24,60 @@ from typing import Any
 from tfpipe import artifacts
 from tfpipe.config import ComparisonConfig, ValidationConfig
 from tfpipe.data.landing import DATA_FILE
-from tfpipe.data.spans import parse_span
 from tfpipe.errors import DataError, TfpipeError
+from tfpipe.stages import ERROR_PREFIX, RESULT_PREFIX
 from tfpipe.validation.findings import Finding, errors, summary
 
 log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 FINDINGS_FILE = "findings.json"
 ANOMALIES_FILE = "anomalies.pbtxt"
+
+
+class ExpectationsProcess:
+    """The `expectations` stage running beside this one, on the same examples."""
+
+    def __init__(self, examples: str, config_json: str, span: str | None) -> None:
+        self._output = Path(tempfile.mkdtemp(prefix="tfpipe-expectations-"))
+        command = [
+            sys.executable,
+            "-m",
+            "tfpipe",
+            "expectations",
+            "--data-uri",
+            examples,
+            "--config",
+            config_json,
+            "--output-uri",
+            str(self._output / "expectations"),
+        ]
+        if span:
+            command += ["--span", span]
+        # Its log lines go straight to ours (stderr); its one result line is read here.
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        self._started = time.perf_counter()
+
+    def result(self, destination: Path) -> list[Finding]:
+        """Wait for the suite; move its Data Docs to `destination`; return its findings."""
+        stdout, _ = self._process.communicate()
+        lines = stdout.splitlines()
+        if self._process.returncode != 0 or not lines or not lines[-1].startswith(RESULT_PREFIX):
+            shutil.rmtree(self._output, ignore_errors=True)
+            error = next((line for line in lines if line.startswith(ERROR_PREFIX)), "")
+            message = (
+                json.loads(error[len(ERROR_PREFIX) :])["message"] if error else f"exit code {self._process.returncode}"
+            )
+            raise RuntimeError(f"the Great Expectations suite failed: {message}")
+        shutil.move(str(self._output / "expectations"), str(destination))
+        shutil.rmtree(self._output, ignore_errors=True)
+        log.info("Great Expectations suite finished %.1f s after it started", time.perf_counter() - self._started)
+        return [Finding(**item) for item in json.loads((destination / FINDINGS_FILE).read_text())]
+
+    def cancel(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+        shutil.rmtree(self._output, ignore_errors=True)
 
 
 class ValidationFailed(TfpipeError):
@@ -71,16 +118,18 @@ def _too_small(name: str, rows: dict[str, int], comparison: ComparisonConfig, ch
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    config = ValidationConfig.model_validate(json.loads(args.config))
+    examples = artifacts.join(args.examples_uri, DATA_FILE)
+    # The Great Expectations suite runs in its own process, started first, so it works while this one
+    # imports TensorFlow and computes statistics (about 8 s saved on a million rows, measured).
+    expectations = ExpectationsProcess(examples, args.config, args.span)
+
     import tensorflow_data_validation as tfdv
 
     from tfpipe.validation import tfdv_checks
-    from tfpipe.validation.expectations import run_expectations
     from tfpipe.validation.report import render_validation_report
 
-    config = ValidationConfig.model_validate(json.loads(args.config))
     schema = tfdv_checks.load_schema(config.schema_path)
-    span = parse_span(args.span) if args.span else None
-    examples = artifacts.join(args.examples_uri, DATA_FILE)
     datasets = {"examples": [examples]}
     if args.previous_uri:
         if artifacts.exists(args.previous_uri):
@@ -134,19 +183,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             tfdv.write_anomalies_text(anomalies, str(staging / ANOMALIES_FILE))
             findings += schema_findings
-            started = time.perf_counter()
-            frame = _read_frame(examples, _expectation_columns(config))
-            outcome = run_expectations(
-                frame,
-                config.expectations,
-                span=span,
-                output_dir=staging / "expectations",
-                run_name=args.span or "named-data",
-                run_time=span[0] if span else None,
-            )
-            findings += outcome.findings
-            log.info("Great Expectations suite in %.1f s", time.perf_counter() - started)
+            findings += expectations.result(staging / "expectations")
 
+        if fatal:
+            expectations.cancel()
         report_uri = artifacts.join(args.output_uri, REPORT_FILE)
         artifacts.write_json(str(staging / FINDINGS_FILE), [f.to_dict() for f in findings])
         render_validation_report(
@@ -173,61 +213,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "statistics_uri": artifacts.join(args.output_uri, "statistics", "examples", tfdv_checks.STATISTICS_FILE),
         "anomalies_uri": artifacts.join(args.output_uri, ANOMALIES_FILE),
     }
-
-
-def _expectation_columns(config: ValidationConfig) -> list[str]:
-    rules = config.expectations
-    columns: list[str] = []
-    for rule in rules.unique:
-        columns += rule.columns
-    for rule in rules.at_most_multiple:
-        columns += [rule.column, rule.of]
-    if rules.freshness is not None:
-        columns.append(rules.freshness.column)
-    if rules.non_negative is not None:
-        columns += rules.non_negative.columns
-    return list(dict.fromkeys(columns))
-
-
-def _read_frame(uri: str, columns: list[str]) -> Any:
-    """The columns the Great Expectations rules read, as a data frame; numeric columns as numbers."""
-    if artifacts.is_remote(uri):  # GX reads a local copy; statistics above streamed the original
-        folder = Path(tempfile.mkdtemp(prefix="tfpipe-gx-"))
-        try:
-            with artifacts.open_binary(uri) as source, open(folder / DATA_FILE, "wb") as target:
-                shutil.copyfileobj(source, target)
-            return _read_columns(folder / DATA_FILE, columns)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    return _read_columns(artifacts.local_path(uri), columns)
-
-
-def _read_columns(path: Path, columns: list[str]) -> Any:
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
-
-    # Malformed rows and values that are not numbers were already reported by the decoder; here
-    # the rows are skipped and the values count as missing. Only the columns the rules read.
-    with open(path, newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle))
-    wanted = [column for column in columns if column in header]
-    table = pa_csv.read_csv(
-        path,
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=lambda row: "skip"),
-        convert_options=pa_csv.ConvertOptions(
-            include_columns=wanted, column_types=dict.fromkeys(wanted, pa.string()), strings_can_be_null=True
-        ),
-    )
-    frame = {}
-    for name in wanted:
-        text = table.column(name)
-        try:
-            frame[name] = pc.cast(text, pa.float64()).to_pandas()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            numbers = pd.to_numeric(text.to_pandas(), errors="coerce")
-            # A numeric column with a few bad values stays numeric; a text column stays text.
-            is_numeric = numbers.notna().sum() >= (text.length() - text.null_count) / 2
-            frame[name] = numbers if is_numeric else text.to_pandas()
-    return pd.DataFrame(frame)

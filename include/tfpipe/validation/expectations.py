@@ -371,7 +371,7 @@ def run_expectations(
     from great_expectations.core.run_identifier import RunIdentifier
 
     began = time.perf_counter()
-    docs_dir = Path(output_dir) / "data_docs"
+    docs_dir = Path(output_dir).resolve() / "data_docs"
     docs_dir.mkdir(parents=True, exist_ok=True)
 
     findings: list[Finding] = []
