@@ -43,7 +43,7 @@ TARGET = {"seconds": 20, "peak_gib": 2}
 TIMEOUT_SECONDS = 300
 _PHASES = {
     "statistics_seconds": re.compile(r"statistics of .+? in ([\d.]+) s"),
-    "great_expectations_seconds": re.compile(r"Great Expectations suite in ([\d.]+) s"),
+    "great_expectations_seconds": re.compile(r"Great Expectations suite on \d+ rows in ([\d.]+) s"),
 }
 
 TFDV_PROBE = """

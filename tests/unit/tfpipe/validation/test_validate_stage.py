@@ -227,3 +227,46 @@ def test_a_rerun_writes_the_same_bytes(tmp_path, validation_config, previous_spa
     first = tree()
     _validate(tmp_path, validation_config, previous_span)
     assert tree() == first
+
+
+def test_training_data_skewed_against_serving_data_names_the_feature(tmp_path, validation_config):
+    """Serving data (the request log: no label, no tips) whose fares differ from training is skew."""
+    header, rows = _span_rows(SPAN)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    serving_header = [name for name in header if name not in ("tips", "big_tipper")]
+    _, serving_rows = _fare_shift(list(header), [dict(row) for row in rows])
+    serving = _write(tmp_path / "serving" / "requests.csv", serving_header, serving_rows)
+    with pytest.raises(ValidationFailed) as raised:
+        run(
+            argparse.Namespace(
+                examples_uri=str(tmp_path / "examples"),
+                output_uri=str(tmp_path / "validation"),
+                config=validation_config,
+                span=SPAN,
+                previous_uri=None,
+                serving_uri=str(serving),
+            )
+        )
+    assert "ERROR   fare [skew/jensen_shannon]" in str(raised.value)
+    assert "payment_type [skew" not in str(raised.value), "an unchanged feature is not reported"
+
+
+def test_environments_require_the_label_in_training_data_only():
+    """The schema's environments: serving data has no label or tips; training data must have both."""
+    import pandas as pd
+    import tensorflow_data_validation as tfdv
+
+    from tfpipe.validation.tfdv_checks import load_schema
+
+    schema = load_schema(str(CONFIG_PATH.parent / "chicago_taxi" / "schema.pbtxt"))
+    _, rows = _span_rows(SPAN)
+    frame = pd.DataFrame(rows).drop(columns=["tips", "big_tipper"])
+    for column in frame.columns:
+        converted = pd.to_numeric(frame[column].replace("", None), errors="coerce")
+        if column not in ("payment_type", "company"):
+            frame[column] = converted
+    statistics = tfdv.generate_statistics_from_dataframe(frame)
+    serving = tfdv.validate_statistics(statistics, schema, environment="SERVING")
+    training = tfdv.validate_statistics(statistics, schema, environment="TRAINING")
+    assert not {"tips", "big_tipper"} & set(serving.anomaly_info)
+    assert {"tips", "big_tipper"} <= set(training.anomaly_info)
