@@ -96,6 +96,18 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     )
 
 
+def csv_files(uri: str, argument: str) -> list[str]:
+    """The CSV files a data argument names: the file itself, or the .csv files of a folder."""
+    from tfpipe.errors import DataError
+
+    if not exists(uri):
+        raise DataError(f"{uri}: no such file or folder ({argument})")
+    files = list_files(uri, ".csv") if is_dir(uri) else [uri]
+    if not files:
+        raise DataError(f"{uri}: folder has no .csv files ({argument})")
+    return files
+
+
 @contextlib.contextmanager
 def open_binary(uri: str, mode: str = "rb") -> Iterator[Any]:
     if is_remote(uri):

@@ -36,13 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_sources(args: argparse.Namespace) -> list[str]:
     if args.data_uri:
-        uri = args.data_uri
-        if not artifacts.exists(uri):
-            raise DataError(f"{uri}: no such file or folder (data_uri)")
-        sources = artifacts.list_files(uri, ".csv") if artifacts.is_dir(uri) else [uri]
-        if not sources:
-            raise DataError(f"{uri}: folder has no .csv files (data_uri)")
-        return sources
+        return artifacts.csv_files(args.data_uri, "data_uri")
     if not args.span:
         raise StageError("nothing to ingest: give --data-uri, or --span with --landing-uri")
     if not args.landing_uri:

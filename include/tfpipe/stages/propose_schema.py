@@ -70,15 +70,6 @@ def _same_target(output_uri: str, schema_uri: str) -> bool:
     return output.resolve() == schema.resolve()
 
 
-def _data_files(uri: str) -> list[str]:
-    if not artifacts.exists(uri):
-        raise DataError(f"{uri}: no such file or folder (data_uri)")
-    files = artifacts.list_files(uri, ".csv") if artifacts.is_dir(uri) else [uri]
-    if not files:
-        raise DataError(f"{uri}: folder has no .csv files (data_uri)")
-    return files
-
-
 def _beam_args(text: str) -> list[str]:
     try:
         value = json.loads(text)
@@ -214,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not artifacts.exists(args.schema_uri):
         raise DataError(f"{args.schema_uri}: no such schema file (schema_uri)")
     beam_args = _beam_args(args.beam_pipeline_args)
-    files = _data_files(args.data_uri)
+    files = artifacts.csv_files(args.data_uri, "data_uri")
 
     import tensorflow_data_validation as tfdv
     from google.protobuf import text_format

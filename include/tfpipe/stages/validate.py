@@ -24,7 +24,7 @@ from typing import Any
 from tfpipe import artifacts
 from tfpipe.config import ComparisonConfig, ValidationConfig
 from tfpipe.data.landing import DATA_FILE
-from tfpipe.errors import DataError, TfpipeError
+from tfpipe.errors import TfpipeError
 from tfpipe.stages import ERROR_PREFIX, RESULT_PREFIX
 from tfpipe.validation.findings import Finding, errors, summary
 
@@ -93,10 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving-uri", help="serving data (CSV file or folder), for training/serving skew")
 
 
-def _csv_files(uri: str) -> list[str]:
-    return artifacts.list_files(uri, ".csv") if artifacts.is_dir(uri) else [uri]
-
-
 def _policies(comparison: ComparisonConfig) -> dict[str, Any]:
     from tfpipe.validation.tfdv_checks import ComparatorPolicy
 
@@ -133,13 +129,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     datasets = {"examples": [examples]}
     if args.previous_uri:
         if artifacts.exists(args.previous_uri):
-            datasets["previous"] = _csv_files(args.previous_uri)
+            datasets["previous"] = artifacts.csv_files(args.previous_uri, "previous_uri")
         else:
             log.info("no previous span at %s: drift is not checked for the first span", args.previous_uri)
     if args.serving_uri:
-        if not artifacts.exists(args.serving_uri):
-            raise DataError(f"{args.serving_uri}: serving data not found (serving_uri)")
-        datasets["serving"] = _csv_files(args.serving_uri)
+        datasets["serving"] = artifacts.csv_files(args.serving_uri, "serving_uri")
 
     with artifacts.staged_output(args.output_uri) as staging:
         started = time.perf_counter()
