@@ -67,7 +67,7 @@ demo: install landing airflow-init  ## run chicago_taxi_training end to end on t
 	$(VENV)/bin/python scripts/demo.py
 
 airflow: install airflow-init  ## open the Airflow UI on the demo's state at http://127.0.0.1:8080
-	$(VENV)/bin/airflow standalone
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" airflow standalone
 
 env:  ## print the demo's environment for a shell: eval "$$(make -s env)", then use airflow and python -m tfpipe
 	@echo 'export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(AIRFLOW__CORE__DAGS_FOLDER)'
