@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "passed": True,
         "rows": decoded.rows,
-        "warnings": len(findings),
+        "warnings": len([f for f in findings if f.severity == "warning"]),
         "report_uri": report_uri,
         "statistics_uri": artifacts.join(args.output_uri, "statistics", "examples", tfdv_checks.STATISTICS_FILE),
         "anomalies_uri": artifacts.join(args.output_uri, ANOMALIES_FILE),
