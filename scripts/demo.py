@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from tfpipe.artifacts import run_key
+
 DAG_ID = "chicago_taxi_training"
 # A manual run takes the month before its logical date as its data interval: this is span 2016-12,
 # the newest month of the taxi sample.
@@ -82,7 +84,7 @@ def main() -> int:
 
 def _result_file(task_id: str, run_id: str) -> Path | None:
     root = Path(os.environ.get("TFPIPE_ARTIFACT_ROOT", ROOT / "state" / "artifacts"))
-    key = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._")
+    key = run_key(run_id)
     matches = sorted(root.glob(f"chicago_taxi/span=*/run={key}/_stage_results/{task_id}.json"))
     return matches[0] if matches else None
 

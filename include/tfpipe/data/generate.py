@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from tfpipe import artifacts
+from tfpipe.data.landing import read_header
 from tfpipe.data.spans import parse_span, span_of_timestamp
 from tfpipe.errors import DataError, StageError
 
@@ -97,11 +98,7 @@ def load_sample(path: Path) -> Sample:
         raise DataError(f"sample file {path}: no such file")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"sample file {path}: empty file, expected a header row")
-        if TIMESTAMP not in header:
-            raise DataError(f"sample file {path}: no column {TIMESTAMP!r} in the header {header}")
+        header = read_header(reader, path, TIMESTAMP)
         if len(set(header)) != len(header):
             raise DataError(f"sample file {path}: repeated column names in the header {header}")
         rows = []

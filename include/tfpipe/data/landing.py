@@ -31,17 +31,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timestamp-column", default="trip_start_timestamp")
 
 
+def read_header(reader: Any, path: Path, required_column: str) -> list[str]:
+    """The header row of a CSV reader; DataError naming the file if it is missing or lacks a column."""
+    header = next(reader, None)
+    if not header:
+        raise DataError(f"{path}: empty file, expected a header row")
+    if required_column not in header:
+        raise DataError(f"{path}: no column {required_column!r} in the header {header}")
+    return header
+
+
 def land_spans(source: Path, landing: Path, timestamp_column: str) -> dict[str, Any]:
     landing.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     rejected = 0
     with open(source, newline="", encoding="utf-8") as handle, contextlib.ExitStack() as outputs:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{source}: empty file, expected a header row")
-        if timestamp_column not in header:
-            raise DataError(f"{source}: no column {timestamp_column!r} in the header {header}")
+        header = read_header(reader, source, timestamp_column)
         position = header.index(timestamp_column)
         writers: dict[str, Any] = {}
 
