@@ -24,7 +24,7 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export TFPIPE_ML_PYTHON := $(CURDIR)/$(ML_VENV)/bin/python
 export TFPIPE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help install lock landing airflow-init demo airflow env test lint format bench clean
+.PHONY: help install lock landing airflow-init demo airflow tensorboard env test lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,9 +58,11 @@ $(STATE)/landing/chicago_taxi/.landed: data/chicago_taxi/taxi_big_tipper.csv | $
 
 airflow-init: $(AIRFLOW_HOME)/.initialized  ## create the demo's Airflow metadata database (SQLite)
 
-$(AIRFLOW_HOME)/.initialized: | $(VENV)/.installed
+$(AIRFLOW_HOME)/.initialized: $(wildcard dags/configs/*.yaml) | $(VENV)/.installed
 	mkdir -p $(AIRFLOW__CORE__PLUGINS_FOLDER)
 	$(VENV)/bin/airflow db migrate >/dev/null
+	$(VENV)/bin/python -m tfpipe_airflow.pools dags/configs > $(AIRFLOW_HOME)/pools.json
+	$(VENV)/bin/airflow pools import $(AIRFLOW_HOME)/pools.json >/dev/null
 	touch $@
 
 demo: install landing airflow-init  ## run chicago_taxi_training end to end on the demo span, then print a summary
@@ -68,6 +70,9 @@ demo: install landing airflow-init  ## run chicago_taxi_training end to end on t
 
 airflow: install airflow-init  ## open the Airflow UI on the demo's state at http://127.0.0.1:8080
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" airflow standalone
+
+tensorboard: install  ## TensorBoard on every run's training logs at http://localhost:6006 (the tasks' TensorBoard links)
+	$(ML_VENV)/bin/tensorboard --logdir "$${TFPIPE_ARTIFACT_ROOT:-$(CURDIR)/state/artifacts}" --host 127.0.0.1 --port 6006
 
 env:  ## print the demo's environment for a shell: eval "$$(make -s env)", then use airflow and python -m tfpipe
 	@echo 'export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(AIRFLOW__CORE__DAGS_FOLDER)'

@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from tfpipe.artifacts import ArtifactLayout
 from tfpipe.config import load_pipeline_config
+from tfpipe_airflow.operators.gates import training_window_is_complete
 from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
 from tfpipe_airflow.sensors.landing import SpanLandedSensor
 from tfpipe_airflow.templates import (
@@ -28,6 +30,7 @@ from tfpipe_airflow.templates import (
 
 config = load_pipeline_config(Path(__file__).parent / "configs" / "chicago_taxi.yaml")
 layout = ArtifactLayout(config.artifacts.root, config.pipeline)
+training = config.training
 
 
 def _utc(day: dt.date | None) -> dt.datetime | None:
@@ -81,7 +84,23 @@ with DAG(
         },
         result_uri=stage_result_uri(layout),
     )
-    # The first gate: nothing downstream runs unless the data passes.
+    split = RunMLStageOperator(
+        task_id="split_examples",
+        stage="split",
+        execution=config.execution,
+        arguments={
+            "examples_uri": ingest.output["examples_uri"],
+            "landing_uri": config.data.landing_uri,
+            "span": DATA_SPAN,
+            "first_span": config.spans.first.strftime("%Y-%m"),
+            "config": training.split.model_dump_json(),
+            "label": config.data.label,
+            "timestamp_column": config.data.timestamp_column,
+            "output_uri": run_output_uri(layout, "splits"),
+        },
+        result_uri=stage_result_uri(layout),
+    )
+    # The first gate: nothing downstream runs unless the new span and every split pass.
     validate = RunMLStageOperator(
         task_id="validate_examples",
         stage="validate",
@@ -93,7 +112,81 @@ with DAG(
             "span": DATA_SPAN,
             "previous_uri": previous_span_uri(config.data.landing_uri),
             "serving_uri": config.validation.serving_data_uri or "",
+            "splits_uri": split.output["splits_uri"],
         },
         result_uri=stage_result_uri(layout),
     )
-    wait_for_span >> ingest >> validate
+    # The first spans of a backfill have too little history to train on: they stop here, validated.
+    enough_history = ShortCircuitOperator(
+        task_id="enough_history",
+        python_callable=training_window_is_complete,
+        op_kwargs={"trainable": split.output["trainable"], "reason": split.output["reason"]},
+    )
+    learn_transform = RunMLStageOperator(
+        task_id="learn_transform",
+        stage="transform",
+        execution=config.execution,
+        arguments={"splits_uri": split.output["splits_uri"], "output_uri": run_output_uri(layout, "transform")},
+        result_uri=stage_result_uri(layout),
+    )
+    training_arguments = {
+        "splits_uri": split.output["splits_uri"],
+        "transform_uri": learn_transform.output["transform_uri"],
+        "config": training.model_dump_json(),
+    }
+    trials = training.tuning.trials(training.hyperparameters) if training.tuning.enabled else []
+    if len(trials) > 1:
+        # One mapped task instance per trial; the pool bounds how many train at once.
+        tune = RunMLStageOperator.partial(
+            task_id="tune_model",
+            stage="train",
+            execution=config.execution,
+            arguments={**training_arguments, "mode": "trial"},
+            result_uri=stage_result_uri(layout),
+            pool=training.tuning.pool,
+            map_index_template="{{ task.extra_arguments['hyperparameters'] }}",
+        ).expand(
+            extra_arguments=[
+                {
+                    "hyperparameters": trial.model_dump_json(),
+                    "output_uri": run_output_uri(layout, f"tuning/trial-{index}"),
+                    "checkpoint_uri": run_output_uri(layout, f"tuning/trial-{index}-checkpoints"),
+                }
+                for index, trial in enumerate(trials)
+            ]
+        )
+        select = RunMLStageOperator(
+            task_id="select_hyperparameters",
+            stage="select-trial",
+            execution=config.execution,
+            arguments={
+                "trial_uris": [run_output_uri(layout, f"tuning/trial-{index}") for index in range(len(trials))],
+                "metric": training.tuning.metric,
+                "output_uri": run_output_uri(layout, "tuning/selection"),
+            },
+            result_uri=stage_result_uri(layout),
+        )
+        learn_transform >> tune >> select
+        hyperparameters = select.output["hyperparameters"]
+    else:
+        hyperparameters = (trials[0] if trials else training.hyperparameters).model_dump_json()
+    train = RunMLStageOperator(
+        task_id="train_model",
+        stage="train",
+        execution=config.execution,
+        arguments={
+            **training_arguments,
+            "mode": "final",
+            "hyperparameters": hyperparameters,
+            "output_uri": run_output_uri(layout, "model"),
+            "checkpoint_uri": run_output_uri(layout, "checkpoints"),
+            "tensorboard_uri": run_output_uri(layout, "tensorboard"),
+        },
+        result_uri=stage_result_uri(layout),
+        workers=training.workers,
+        tensorboard_url=training.tensorboard_url,
+        # Each worker is a process on its own core: it holds as many pool slots.
+        pool=training.tuning.pool,
+        pool_slots=training.workers,
+    )
+    wait_for_span >> ingest >> split >> validate >> enough_history >> learn_transform >> train

@@ -67,13 +67,20 @@ def main() -> int:
     print(f"  {'task':<22} {'state':<9} {'seconds':>8}  stage figures")
     results_dir = None
     for task in tasks:
-        result_file = _result_file(task["task_id"], run_id)
+        map_index = _map_index(task.get("map_index"))
+        name = task["task_id"] if map_index < 0 else f"{task['task_id']}[{map_index}]"
+        result_file = _result_file(task["task_id"], run_id, map_index)
         result = json.loads(result_file.read_text()) if result_file and result_file.exists() else {}
         results_dir = result_file.parent if result_file else results_dir
         usage = result.get("usage", {})
-        figures = ", ".join(f"{k}={v}" for k, v in result.items() if not k.endswith("_uri") and k != "usage")
+        # Scalars only: lists (epochs, workers) and nested records stay in the result file.
+        figures = ", ".join(
+            f"{k}={round(v, 4) if isinstance(v, float) else v}"
+            for k, v in result.items()
+            if not k.endswith("_uri") and isinstance(v, str | int | float) and len(str(v)) <= 40
+        )
         seconds = usage.get("wall_seconds")
-        print(f"  {task['task_id']:<22} {task['state']:<9} {seconds if seconds is not None else '-':>8}  {figures}")
+        print(f"  {name:<22} {task['state']:<9} {seconds if seconds is not None else '-':>8}  {figures}")
         for key, value in result.items():
             if key.endswith("_uri"):
                 print(f"  {'':<22} {key}: {value}")
@@ -82,10 +89,19 @@ def main() -> int:
     return 0
 
 
-def _result_file(task_id: str, run_id: str) -> Path | None:
+def _map_index(value: object) -> int:
+    """The CLI prints an unmapped task's map index as -1, "" or nothing."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return -1
+
+
+def _result_file(task_id: str, run_id: str, map_index: int = -1) -> Path | None:
     root = Path(os.environ.get("TFPIPE_ARTIFACT_ROOT", ROOT / "state" / "artifacts"))
     key = run_key(run_id)
-    matches = sorted(root.glob(f"chicago_taxi/span=*/run={key}/_stage_results/{task_id}.json"))
+    name = task_id if map_index < 0 else f"{task_id}-{map_index}"
+    matches = sorted(root.glob(f"chicago_taxi/span=*/run={key}/_stage_results/{name}.json"))
     return matches[0] if matches else None
 
 

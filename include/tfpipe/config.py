@@ -8,6 +8,8 @@ every validation problem into a ConfigError that names the file and the dotted k
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import math
 import os
 import re
 from pathlib import Path
@@ -172,9 +174,123 @@ class ValidationConfig(_Model):
     serving_data_uri: OptionalPathOrUri = Field(
         None, description="Serving data (the model server's request log) to check training data against for skew."
     )
+    split_skew: ComparisonConfig = Field(
+        ComparisonConfig(), description="Skew of the evaluation split against the training split (training.split)."
+    )
     histogram_buckets: int = Field(50, ge=2, description="Finer buckets make distances sensitive to real shifts.")
     beam_pipeline_args: list[str] = ["--runner=DirectRunner"]
     expectations: ExpectationsConfig = ExpectationsConfig()
+
+
+class SplitConfig(_Model):
+    """Split by time, relative to the run's span: the model is judged on data newer than any it learned from."""
+
+    holdout_spans: int = Field(
+        12, ge=1, description="The latest spans, ending at the run's span, held out for evaluation."
+    )
+    validation_spans: int = Field(
+        3, ge=1, description="The spans just before the holdout: tuning trials are scored on them, then trained on."
+    )
+    window_spans: int | None = Field(
+        None,
+        ge=3,
+        description="How many spans, ending at the run's span, the split reads; all since spans.first if unset.",
+    )
+    shards: int = Field(
+        8, ge=1, description="Files per training split, so that each worker reads its own (tf.data FILE sharding)."
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_every_split(self) -> SplitConfig:
+        if self.window_spans is not None and self.window_spans <= self.holdout_spans + self.validation_spans:
+            raise ValueError(
+                f"window_spans ({self.window_spans}) must exceed holdout_spans + validation_spans "
+                f"({self.holdout_spans + self.validation_spans}), or nothing is left to train on"
+            )
+        return self
+
+
+class Hyperparameters(_Model):
+    """The model's knobs; each one may be searched over by `training.tuning.search_space`."""
+
+    hidden: list[int] = Field([64, 32], min_length=1, description="Units of each hidden layer.")
+    dropout: float = Field(0.3, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    l2: float = Field(1e-4, ge=0)
+    wide: bool = Field(False, description="Add a linear part on the one-hot features and crosses (wide & deep).")
+    batch_size: int = Field(256, ge=1, description="Global batch size, split across workers.")
+    epochs: int = Field(8, ge=1)
+
+
+class TuningConfig(_Model):
+    """Hyperparameter search: one mapped Airflow task per trial, at most `pool.slots` at a time."""
+
+    enabled: bool = True
+    pool: str = Field("tfpipe_training", description="Airflow pool that bounds concurrent trials (and workers).")
+    pool_slots: int = Field(2, ge=1, description="Size of the pool; `make airflow-init` creates it.")
+    metric: Literal["auc"] = "auc"
+    # Grid over these values (each key a Hyperparameters field); every other knob keeps its default.
+    search_space: dict[str, list[Any]] = {}
+    max_trials: int = Field(8, ge=1, description="A grid larger than this is refused, not silently cut.")
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_knobs(cls, space: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        unknown = sorted(set(space) - set(Hyperparameters.model_fields))
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {unknown}; known: {sorted(Hyperparameters.model_fields)}")
+        empty = sorted(name for name, values in space.items() if not values)
+        if empty:
+            raise ValueError(f"no values to try for {empty}")
+        for name, values in space.items():
+            for value in values:
+                Hyperparameters.model_validate({name: value})  # each value must be a valid setting
+        return space
+
+    def trials(self, base: Hyperparameters) -> list[Hyperparameters]:
+        """Every combination of the search space, in a stable order; [base] if the space is empty."""
+        names = sorted(self.search_space)
+        combos = itertools.product(*(self.search_space[name] for name in names))
+        return [base.model_copy(update=dict(zip(names, combo, strict=True))) for combo in combos]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> TuningConfig:
+        count = math.prod(len(values) for values in self.search_space.values())
+        if count > self.max_trials:
+            raise ValueError(f"the search space has {count} combinations, more than max_trials ({self.max_trials})")
+        return self
+
+
+class TrainingConfig(_Model):
+    split: SplitConfig = SplitConfig()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    tuning: TuningConfig = TuningConfig()
+    workers: int = Field(2, ge=1, description="MultiWorkerMirroredStrategy workers (local: processes on loopback).")
+    seed: int = 42
+    memory_limit_mib: int | None = Field(
+        None, ge=256, description="Per-worker resident memory cap; a worker above it stops the training with an error."
+    )
+    worker_timeout_seconds: int = Field(
+        3600, gt=0, description="A training that runs longer is stopped (a hung collective must not hold the slot)."
+    )
+    tensorboard_url: str = Field(
+        "http://localhost:6006",
+        description="TensorBoard serving the artifact root (`make tensorboard`), for the task's link.",
+    )
+
+    @model_validator(mode="after")
+    def _pool_holds_the_workers(self) -> TrainingConfig:
+        if self.tuning.pool_slots < self.workers:
+            raise ValueError(
+                f"tuning.pool_slots ({self.tuning.pool_slots}) is less than workers ({self.workers}): "
+                "the final training holds one slot per worker and could never start"
+            )
+        if self.split.shards < self.workers:
+            raise ValueError(
+                f"split.shards ({self.split.shards}) is less than workers ({self.workers}): "
+                "each worker needs files of its own"
+            )
+        return self
 
 
 class AirflowConfig(_Model):
@@ -192,6 +308,7 @@ class PipelineConfig(_Model):
     data: DataConfig
     artifacts: ArtifactsConfig
     validation: ValidationConfig
+    training: TrainingConfig = TrainingConfig()
     execution: ExecutionConfig
     airflow: AirflowConfig = AirflowConfig()
     source_path: str | None = Field(None, description="The file this config was loaded from (set by the loader).")

@@ -61,4 +61,7 @@ def run_output_uri(layout: ArtifactLayout, output: str) -> str:
 
 def stage_result_uri(layout: ArtifactLayout) -> str:
     """A template for where the current task's stage writes its result."""
-    return run_output_uri(layout, "_stage_results/{{ ti.task_id }}.json")
+    # A mapped task's instances each get their own file.
+    return run_output_uri(
+        layout, "_stage_results/{{ ti.task_id }}{{ '' if ti.map_index < 0 else '-%d' % ti.map_index }}.json"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def _render(task, **context):
     base = {
         "params": {"data_uri": None},
         "run_id": "scheduled__2013-02-01T00:00:00+00:00",
-        "ti": SimpleNamespace(task_id=task.task_id),
+        "ti": SimpleNamespace(task_id=task.task_id, map_index=-1),
         **dag.user_defined_macros,
     }
     base.update(context)
@@ -95,3 +96,52 @@ def test_a_run_on_named_data_is_partitioned_by_that_data(dagbag):
     )
     assert task.arguments["data_uri"] == "/data/new.csv" and task.arguments["span"] == ""
     assert "/span=adhoc-" in task.arguments["output_uri"]
+
+
+def test_training_runs_after_the_gate_with_tuning_mapped_over_the_search_space(dagbag):
+    from tfpipe.config import load_pipeline_config
+
+    config = load_pipeline_config(DAGS_FOLDER / "configs" / "chicago_taxi.yaml").training
+    dag = dagbag.dags["chicago_taxi_training"]
+    chain = [
+        "wait_for_span",
+        "ingest_examples",
+        "split_examples",
+        "validate_examples",
+        "enough_history",
+        "learn_transform",
+        "tune_model",
+        "select_hyperparameters",
+        "train_model",
+    ]
+    for upstream, downstream in itertools.pairwise(chain):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} >> {downstream}"
+    # Nothing trains unless validation passed: every training task is downstream of the gate.
+    assert {"learn_transform", "tune_model", "select_hyperparameters", "train_model"} <= dag.get_task(
+        "validate_examples"
+    ).get_flat_relative_ids(upstream=False)
+
+    tune = dag.get_task("tune_model")
+    trials = tune.expand_input.value["extra_arguments"]
+    assert len(trials) == len(config.tuning.trials(config.hyperparameters)) == 4
+    assert {json.loads(t["hyperparameters"])["learning_rate"] for t in trials} == {0.001, 0.003}
+    assert {tuple(json.loads(t["hyperparameters"])["hidden"]) for t in trials} == {(64, 32), (128, 64)}
+    assert len({t["output_uri"] for t in trials}) == 4, "each trial writes its own folder"
+    assert tune.partial_kwargs["pool"] == config.tuning.pool
+
+    train = dag.get_task("train_model")
+    assert train.workers == config.workers == 2
+    assert train.pool == config.tuning.pool and train.pool_slots == config.workers
+    assert train.arguments["mode"] == "final"
+    assert {link.name for link in train.operator_extra_links} >= {"TensorBoard", "Report"}
+
+
+def test_the_final_training_writes_checkpoints_and_logs_inside_its_run(dagbag):
+    dag = dagbag.dags["chicago_taxi_training"]
+    task = dag.get_task("train_model").prepare_for_execution()
+    task.arguments = {k: v for k, v in task.arguments.items() if isinstance(v, str)}  # drop upstream XComArgs
+    task = _render(task, data_interval_start=dt.datetime(2016, 12, 1, tzinfo=dt.UTC))
+    run = "/chicago_taxi/span=2016-12/run=scheduled__2013-02-01T00_00_00_00_00/"
+    assert task.arguments["checkpoint_uri"].endswith(run + "checkpoints")
+    assert task.arguments["tensorboard_uri"].endswith(run + "tensorboard")
+    assert task.arguments["output_uri"].endswith(run + "model")

@@ -108,6 +108,20 @@ class AirflowStack:
         start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
         return json.loads("\n".join(lines[start:]))
 
+    def import_pools(self) -> None:
+        """The pools the pipeline configs name, as `make airflow-init` creates them."""
+        pools = subprocess.run(
+            [sys.executable, "-m", "tfpipe_airflow.pools", str(PROJECT_ROOT / "dags" / "configs")],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=self.env,
+        ).stdout
+        path = self.home / "pools.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(pools)
+        self.airflow("pools", "import", str(path))
+
     def land_sample(self) -> None:
         subprocess.run(
             [

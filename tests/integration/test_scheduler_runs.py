@@ -18,6 +18,18 @@ from tests.integration.airflow_stack import AirflowStack, PostgresDatabase
 pytestmark = pytest.mark.integration
 DAG_ID = "chicago_taxi_training"
 SPANS = ["2013-01", "2013-02", "2013-03"]
+# Spans of early 2013 have no history to train on: their runs validate the span, then skip training.
+AFTER_INGEST = {
+    "split_examples",
+    "validate_examples",
+    "enough_history",
+    "learn_transform",
+    "tune_model",
+    "select_hyperparameters",
+    "train_model",
+}
+TRAINING = AFTER_INGEST - {"split_examples", "validate_examples", "enough_history"}
+FINISHED = ("success", "failed", "skipped", "upstream_failed")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +39,7 @@ def stack(tmp_path_factory):
     try:
         stack.land_sample()
         stack.airflow("db", "migrate")
+        stack.import_pools()
         stack.start("api-server", "dag-processor", "scheduler")
         stack.wait_for(lambda: DAG_ID in stack.airflow("dags", "list", "-o", "plain"), timeout=180, what="DAG parsed")
         stack.airflow("dags", "unpause", DAG_ID)
@@ -83,6 +96,10 @@ def test_backfill_over_three_spans_gives_three_runs_each_on_its_own_span(stack):
         assert manifest["row_count"] == landed_rows
         assert (run_dir / "validation" / "statistics" / "examples" / "statistics.pb").stat().st_size > 0
         assert (run_dir / "validation" / "report.html").exists()
+        splits = json.loads((run_dir / "splits" / "manifest.json").read_text())
+        assert splits["trainable"] is False and "not enough history to train" in splits["reason"]
+        states = stack.task_states(DAG_ID, next(r["dag_run_id"] for r in runs if r["logical_date"][:7] == span))
+        assert all(states[task] == "skipped" for task in TRAINING), states
 
 
 def test_clearing_a_finished_task_reruns_it_into_the_same_artifacts(stack):
@@ -104,13 +121,14 @@ def test_clearing_a_finished_task_reruns_it_into_the_same_artifacts(stack):
             "dry_run": False,
         },
     )
-    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", "validate_examples"}
+    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", *AFTER_INGEST}
 
     def rerun_finished():
         states = stack.task_states(DAG_ID, run["dag_run_id"])
-        done = ingest_result.stat().st_mtime_ns != first_mtime and states["validate_examples"] in ("success", "failed")
+        done = ingest_result.stat().st_mtime_ns != first_mtime and states["train_model"] in FINISHED
         return states if done else None
 
     states = stack.wait_for(rerun_finished, timeout=300, what="cleared tasks to run again", interval=2)
     assert states["ingest_examples"] == "success" and states["validate_examples"] == "success"
+    assert states["enough_history"] == "success" and states["train_model"] == "skipped"
     assert _tree(run_root) == before, "the rerun rewrote the same files with the same content, and nothing else"

@@ -26,3 +26,20 @@ def parse_span(span: str) -> tuple[dt.datetime, dt.datetime]:
 
 def span_folder(span: str) -> str:
     return f"span={span}"
+
+
+def shift_span(span: str, months: int) -> str:
+    """The span `months` later (earlier if negative)."""
+    start, _ = parse_span(span)
+    index = start.year * 12 + start.month - 1 + months
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def spans_between(first: str, last: str) -> list[str]:
+    """Every span from `first` to `last`, both included; empty if `last` is before `first`."""
+    spans = []
+    span = first
+    while span <= last:
+        spans.append(span)
+        span = shift_span(span, 1)
+    return spans

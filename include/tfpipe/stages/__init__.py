@@ -43,6 +43,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "tfpipe.stages.validate",
         "check examples: schema, drift, skew, Great Expectations; fail on errors",
     ),
+    "split": ("tfpipe.data.split", "split the training window by time into train, validation and eval"),
+    "transform": ("tfpipe.stages.transform", "learn the preprocessing constants from the training splits"),
+    "train": ("tfpipe.stages.train", "train a tuning trial or the final model, on one or more workers"),
+    "select-trial": ("tfpipe.stages.select_trial", "pick the tuning trial with the best validation metric"),
 }
 
 log = logging.getLogger("tfpipe.stage")
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     # Library chatter that says nothing about our data; warnings and errors still come through.
-    for chatty in ("apache_beam", "great_expectations"):
+    for chatty in ("apache_beam", "great_expectations", "absl", "tensorflow"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core.*")
     stage = argv[0] if argv and argv[0] in STAGES else None
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         payload = {"stage": args.stage, "error": type(exc).__name__, "message": str(exc), "details": exc.details}
         emit(ERROR_PREFIX, payload)
-        return 2
+        return exc.exit_code
     except Exception as exc:  # an unexpected bug: keep the traceback for whoever debugs it
         log.exception("stage %s crashed", args.stage)
         message = f"{type(exc).__name__}: {exc}"

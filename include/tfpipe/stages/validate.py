@@ -11,6 +11,7 @@ is the short summary (each failing column and rule) and ends with the report's l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -24,6 +25,8 @@ from typing import Any
 from tfpipe import artifacts
 from tfpipe.config import ComparisonConfig, ValidationConfig
 from tfpipe.data.landing import DATA_FILE
+from tfpipe.data.split import MANIFEST_FILE as SPLITS_MANIFEST
+from tfpipe.data.split import split_files
 from tfpipe.errors import TfpipeError
 from tfpipe.stages import ERROR_PREFIX, RESULT_PREFIX
 from tfpipe.validation.findings import Finding, errors, summary
@@ -93,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--span", help="the run's span (YYYY-MM): freshness is checked against it")
     parser.add_argument("--previous-uri", help="data of the previous span (CSV file or folder), for drift")
     parser.add_argument("--serving-uri", help="serving data (CSV file or folder), for training/serving skew")
+    parser.add_argument(
+        "--splits-uri", help="the training window's splits: each is checked, and evaluation for skew against training"
+    )
 
 
 def _policies(comparison: ComparisonConfig) -> dict[str, Any]:
@@ -113,6 +119,42 @@ def _too_small(name: str, rows: dict[str, int], comparison: ComparisonConfig, ch
         "warning",
         f"{check} against {name} not judged: {sides} rows, fewer than {comparison.min_examples}",
     )
+
+
+def _split_findings(computed: dict[str, Any], schema: Any, config: ValidationConfig) -> list[Finding]:
+    """Schema findings of the training window's splits, and skew of the evaluation split against training.
+
+    Each finding names its split, so "fare [schema/...]" says which data holds the problem.
+    """
+    from tfpipe.validation import tfdv_checks
+
+    def check(statistics: Any, against: Any = None) -> list[Finding]:
+        # TFDV compares `serving_statistics` against `statistics`: the evaluation split against training.
+        return tfdv_checks.validate(
+            against if against is not None else statistics,
+            schema,
+            environment=config.training_environment,
+            previous=None,
+            serving=statistics if against is not None else None,
+            drift={},
+            skew=_policies(config.split_skew),
+            serving_name="the training split",
+        )[1]
+
+    found: list[Finding] = []
+    for key, name in (("train", "training split"), ("eval", "evaluation split")):
+        if key not in computed:
+            continue
+        statistics, decoded = computed[key]
+        own = decoded.findings(name)
+        if not any(f.check == "file" for f in own):
+            own += check(statistics)
+            if key == "eval" and "train" in computed:
+                rows = {"evaluation split": decoded.rows}
+                small = _too_small("the training split", rows, config.split_skew, "skew")
+                own += [small] if small else [f for f in check(statistics, computed["train"][0]) if f.check == "skew"]
+        found += [dataclasses.replace(f, message=f"{name}: {f.message}") for f in own]
+    return found
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,6 +187,15 @@ def _validate(
             log.info("no previous span at %s: drift is not checked for the first span", args.previous_uri)
     if args.serving_uri:
         datasets["serving"] = artifacts.csv_files(args.serving_uri, "serving_uri")
+    if args.splits_uri:
+        # Every span the model will learn from is checked, not only the new one: a span that landed
+        # before this schema, or was fixed in place, cannot reach training unchecked.
+        manifest = artifacts.read_json(artifacts.join(args.splits_uri, SPLITS_MANIFEST))
+        if manifest["trainable"]:
+            datasets["train"] = split_files(args.splits_uri, ("train", "validation"))[0]
+            datasets["eval"] = split_files(args.splits_uri, ("eval",))[0]
+        else:
+            log.info("the splits are not checked: %s", manifest["reason"])
 
     with artifacts.staged_output(args.output_uri) as staging:
         started = time.perf_counter()
@@ -175,6 +226,7 @@ def _validate(
             findings += [small] if small else []
             serving = None if small else computed["serving"][0]
 
+        findings += _split_findings(computed, schema, config)
         fatal = any(f.check == "file" and f.rule in {"unreadable_file", "empty_file", "no_rows"} for f in findings)
         if not fatal:
             anomalies, schema_findings = tfdv_checks.validate(

@@ -217,9 +217,10 @@ def validate(
     serving: statistics_pb2.DatasetFeatureStatisticsList | None,
     drift: dict[str, ComparatorPolicy],
     skew: dict[str, ComparatorPolicy],
+    serving_name: str = "serving data",
 ) -> tuple[anomalies_pb2.Anomalies, list[Finding]]:
     configured = with_comparators(schema, drift if previous is not None else {}, skew if serving is not None else {})
     anomalies = tfdv.validate_statistics(
         statistics, configured, environment=environment, previous_statistics=previous, serving_statistics=serving
     )
-    return anomalies, anomalies_to_findings(anomalies, drift, skew)
+    return anomalies, anomalies_to_findings(anomalies, drift, skew, serving_name=serving_name)

@@ -73,23 +73,34 @@ def build_custom_job(
     result_uri: str,
     config: VertexAIExecution,
     labels: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """The CustomJob request body (dict form of `aiplatform_v1.types.CustomJob`) that runs one stage."""
+    """The CustomJob request body (dict form of `aiplatform_v1.types.CustomJob`) that runs one stage.
+
+    With `workers` > 1 (distributed training) the job has two worker pools running the same container:
+    pool 0 is one replica, the chief, and pool 1 the other `workers - 1`. Vertex AI sets TF_CONFIG on
+    each replica to say which one it is; every replica gets `--result-file`, only the chief writes it.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     _split_gcs_uri(result_uri)  # fail before submitting: a local path would be lost with the worker
-    job_spec: dict[str, Any] = {
-        "worker_pool_specs": [
-            {
-                "replica_count": 1,
-                "machine_spec": {"machine_type": config.machine_type},
-                "container_spec": {
-                    "image_uri": config.image_uri,
-                    "command": list(STAGE_COMMAND),
-                    "args": [stage, *argv, "--result-file", result_uri],
-                    "env": [{"name": name, "value": value} for name, value in STAGE_ENVIRONMENT.items()],
-                },
-            }
-        ]
-    }
+
+    def worker_pool(replica_count: int) -> dict[str, Any]:
+        return {
+            "replica_count": replica_count,
+            "machine_spec": {"machine_type": config.machine_type},
+            "container_spec": {
+                "image_uri": config.image_uri,
+                "command": list(STAGE_COMMAND),
+                "args": [stage, *argv, "--result-file", result_uri],
+                "env": [{"name": name, "value": value} for name, value in STAGE_ENVIRONMENT.items()],
+            },
+        }
+
+    worker_pools = [worker_pool(1)]
+    if workers > 1:
+        worker_pools.append(worker_pool(workers - 1))
+    job_spec: dict[str, Any] = {"worker_pool_specs": worker_pools}
     if config.service_account:
         job_spec["service_account"] = config.service_account
     return {

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_XCOM_KEY = "report_uri"
+# Stages whose result names a report for people; other stages are not asked (a missing XCom is an
+# error line in the task log).
+STAGES_WITH_REPORTS = frozenset({"validate", "evaluate"})
 ARTIFACT_ROOT_ENV = "TFPIPE_ARTIFACT_ROOT"
 # The viewer's FastAPI app is mounted at VIEWER_URL_PREFIX and serves files under ARTIFACTS_ROUTE.
 VIEWER_URL_PREFIX = "/tfpipe"
@@ -136,6 +139,8 @@ class StageReportLink(BaseOperatorLink):
     name = "Report"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        if getattr(operator, "stage", None) not in STAGES_WITH_REPORTS:
+            return ""
         report_uri = XCom.get_value(ti_key=ti_key, key=REPORT_XCOM_KEY)
         if not report_uri or not isinstance(report_uri, str):
             return ""

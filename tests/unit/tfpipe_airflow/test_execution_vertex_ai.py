@@ -260,3 +260,62 @@ def test_cancel(hook: CustomJobHook) -> None:
         cancel_custom_job(hook, JOB_NAME, "europe-west4")
     get_client.assert_called_once_with(hook, region="europe-west4")
     assert client.cancelled == [JOB_NAME]
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_distributed_job_has_a_chief_pool_and_a_worker_pool(config: VertexAIExecution, workers: int) -> None:
+    single = statistics_job(config)
+    job = build_custom_job(
+        display_name="chicago_taxi_training.statistics.r1",
+        stage="statistics",
+        argv=ARGV,
+        result_uri=RESULT_URI,
+        config=config,
+        labels={"pipeline": "chicago_taxi", "run_id": "scheduled__2016-03-01T00:00:00+00:00"},
+        workers=workers,
+    )
+
+    chief, others = job["job_spec"]["worker_pool_specs"]
+    assert chief == single["job_spec"]["worker_pool_specs"][0]  # pool 0: the one-worker job's only pool
+    assert chief["replica_count"] == 1
+    assert others["replica_count"] == workers - 1
+    assert {key: value for key, value in others.items() if key != "replica_count"} == {
+        "machine_spec": {"machine_type": "n1-highmem-8"},
+        "container_spec": {
+            "image_uri": IMAGE,
+            "command": ["python", "-m", "tfpipe"],
+            "args": ["statistics", *ARGV, "--result-file", RESULT_URI],
+            "env": [{"name": name, "value": value} for name, value in STAGE_ENVIRONMENT.items()],
+        },
+    }
+    assert others["container_spec"] is not chief["container_spec"]
+    # Everything but the pools is as for one worker.
+    assert {key: value for key, value in job.items() if key != "job_spec"} == {
+        key: value for key, value in single.items() if key != "job_spec"
+    }
+    assert job["job_spec"]["service_account"] == single["job_spec"]["service_account"]
+
+    proto = CustomJob(job)
+    assert [pool.replica_count for pool in proto.job_spec.worker_pool_specs] == [1, workers - 1]
+    for pool in proto.job_spec.worker_pool_specs:
+        assert list(pool.container_spec.args)[-2:] == ["--result-file", RESULT_URI]
+        assert pool.machine_spec.machine_type == "n1-highmem-8"
+
+
+def test_one_worker_is_todays_job(config: VertexAIExecution) -> None:
+    job = build_custom_job(
+        display_name="chicago_taxi_training.statistics.r1",
+        stage="statistics",
+        argv=ARGV,
+        result_uri=RESULT_URI,
+        config=config,
+        labels={"pipeline": "chicago_taxi", "run_id": "scheduled__2016-03-01T00:00:00+00:00"},
+        workers=1,
+    )
+    assert job == statistics_job(config)
+    assert len(job["job_spec"]["worker_pool_specs"]) == 1
+
+
+def test_workers_must_be_positive(config: VertexAIExecution) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        build_custom_job(display_name="x", stage="train", argv=[], result_uri=RESULT_URI, config=config, workers=0)

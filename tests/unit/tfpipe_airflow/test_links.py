@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -49,9 +50,16 @@ def artifact_env(tmp_path, monkeypatch):
 
 def link_for(report_uri):
     with mock.patch.object(artifacts.XCom, "get_value", return_value=report_uri) as get_value:
-        url = StageReportLink().get_link(mock.sentinel.operator, ti_key=TI_KEY)
+        url = StageReportLink().get_link(SimpleNamespace(stage="validate"), ti_key=TI_KEY)
     get_value.assert_called_once_with(ti_key=TI_KEY, key="report_uri")
     return url
+
+
+def test_stages_that_write_no_report_are_not_asked_for_one():
+    # Asking would log an "XCom not found" error line in every such task's log.
+    with mock.patch.object(artifacts.XCom, "get_value") as get_value:
+        assert StageReportLink().get_link(SimpleNamespace(stage="train"), ti_key=TI_KEY) == ""
+    get_value.assert_not_called()
 
 
 def test_the_link_is_the_report_button_of_every_stage_task():
@@ -103,7 +111,10 @@ def test_the_link_survives_dag_serialization_as_the_api_server_sees_it():
             task_id="validate", stage="validate", execution=ExecutionConfig(local=LocalExecution(python="python3"))
         )
     task = DagSerialization.from_dict(DagSerialization.to_dict(dag)).get_task("validate")
-    assert [(link.name, link.xcom_key) for link in task.operator_extra_links] == [("Report", "_link_StageReportLink")]
+    assert [(link.name, link.xcom_key) for link in task.operator_extra_links] == [
+        ("Report", "_link_StageReportLink"),
+        ("TensorBoard", "_link_TensorBoardLink"),
+    ]
 
 
 # --- the artifact root ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def train_csv(tmp_path_factory):
 def trained(train_csv):
     m.keras.utils.set_random_seed(0)
     columns = m.feature_columns(SMALL)
-    model = m.build_model(m.make_dataset(train_csv, 128, columns=columns), SMALL)
+    model = m.build_model(m.analyze(m.make_dataset(train_csv, 128, columns=columns), SMALL), SMALL)
     history = model.fit(m.make_dataset(train_csv, 64, shuffle=True, seed=0, columns=columns), epochs=1, verbose=0)
     return model, history
 

@@ -59,6 +59,7 @@ def _validate(tmp_path: Path, config: str, previous: Path | None, *, span: str |
             span=span,
             previous_uri=str(previous) if previous else None,
             serving_uri=None,
+            splits_uri=None,
         )
     )
 
@@ -245,6 +246,7 @@ def test_training_data_skewed_against_serving_data_names_the_feature(tmp_path, v
                 span=SPAN,
                 previous_uri=None,
                 serving_uri=str(serving),
+                splits_uri=None,
             )
         )
     assert "ERROR   fare [skew/jensen_shannon]" in str(raised.value)
@@ -270,3 +272,72 @@ def test_environments_require_the_label_in_training_data_only():
     training = tfdv.validate_statistics(statistics, schema, environment="TRAINING")
     assert not {"tips", "big_tipper"} & set(serving.anomaly_info)
     assert {"tips", "big_tipper"} <= set(training.anomaly_info)
+
+
+def _splits(tmp_path: Path, train_mutation=None, eval_mutation=None) -> Path:
+    """A splits folder as the split stage writes it: 2014 trains, 2015-06 validates, 2015-07..09 is held out."""
+    root = tmp_path / "splits"
+    files = {}
+    for name, spans, mutate in (
+        ("train", [f"2014-{m:02d}" for m in range(1, 13)], train_mutation),
+        ("validation", ["2015-06"], None),
+        ("eval", ["2015-07", "2015-08", "2015-09"], eval_mutation),
+    ):
+        header, rows = [], []
+        for span in spans:
+            header, span_rows = _span_rows(span)
+            rows += span_rows
+        if mutate is not None:
+            header, rows = mutate(list(header), rows)
+        _write(root / name / "part-00000-of-00001.csv", header, rows)
+        files[name] = {"files": ["part-00000-of-00001.csv"], "rows": len(rows)}
+    (root / "manifest.json").write_text(json.dumps({"trainable": True, "reason": "", "splits": files}))
+    return root
+
+
+def _validate_with_splits(tmp_path: Path, config: str, previous: Path, splits: Path) -> dict:
+    header, rows = _span_rows(SPAN)
+    _write(tmp_path / "examples" / "trips.csv", header, rows)
+    return run(
+        argparse.Namespace(
+            examples_uri=str(tmp_path / "examples"),
+            output_uri=str(tmp_path / "validation"),
+            config=config,
+            span=SPAN,
+            previous_uri=str(previous),
+            serving_uri=None,
+            splits_uri=str(splits),
+        )
+    )
+
+
+def test_clean_splits_pass_with_the_span(tmp_path, validation_config, previous_span):
+    result = _validate_with_splits(tmp_path, validation_config, previous_span, _splits(tmp_path))
+    assert result["passed"]
+    findings = json.loads((tmp_path / "validation" / "findings.json").read_text())
+    assert not [f for f in findings if f["severity"] == "error"]
+
+
+def test_a_bad_older_span_in_the_training_split_stops_training_with_the_split_named(
+    tmp_path, validation_config, previous_span
+):
+    with pytest.raises(ValidationFailed) as raised:
+        _validate_with_splits(tmp_path, validation_config, previous_span, _splits(tmp_path, _text_in_fare))
+    assert "ERROR   fare [schema/wrong_type]: training split:" in str(raised.value)
+
+
+def test_an_evaluation_split_unlike_training_is_reported_as_skew(tmp_path, validation_config, previous_span):
+    with pytest.raises(ValidationFailed) as raised:
+        _validate_with_splits(
+            tmp_path, validation_config, previous_span, _splits(tmp_path, eval_mutation=_payment_flip)
+        )
+    message = str(raised.value)
+    assert "ERROR   payment_type [skew/l_infinity]: evaluation split:" in message
+    assert "from the training split exceeds 0.200" in message
+
+
+def test_splits_that_cannot_train_are_not_checked(tmp_path, validation_config, previous_span):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "manifest.json").write_text(json.dumps({"trainable": False, "reason": "not enough history"}))
+    assert _validate_with_splits(tmp_path, validation_config, previous_span, splits)["passed"]
