@@ -3,6 +3,11 @@
 One run per monthly span of new trips (backfillable with `airflow backfill create`), or on any file
 or folder a person names in the trigger form's `data_uri`. Every task writes under the run's own
 artifact folder, so clearing and rerunning a task overwrites its outputs and duplicates nothing.
+
+wait for the span -> ingest it -> split the training window by time -> validate the span and every
+split (the gate) -> skip training if the window has too little history -> learn the transform ->
+one tuning trial per point of the search space (mapped, pooled) -> select the best -> train it on
+several workers, resumable from checkpoints.
 """
 
 from __future__ import annotations

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if tf_config is not None:
         # One replica of a Vertex AI job or Kubernetes Indexed Job: the chief stages the output.
         if not cluster.is_chief(tf_config):
+            # The chief's result is the stage's result: this replica must not overwrite it.
+            args.result_file = None
             return _train_here(args, config, tf_config, None)
         with artifacts.staged_output(args.output_uri) as staging:
             return _train_here(args, config, tf_config, staging)
@@ -114,7 +116,8 @@ def _train_here(
         seed=config.seed,
         checkpoint_dir=args.checkpoint_uri,
         tensorboard_dir=args.tensorboard_uri,
-        export_dir=str(output) if output is not None and args.mode == "final" else None,
+        export=args.mode == "final",
+        export_dir=str(output) if output is not None else None,
     )
     result = trainer.train(job, tf_config)
     if output is not None and cluster.is_chief(tf_config):

@@ -53,7 +53,8 @@ class TrainingJob:
     seed: int
     checkpoint_dir: str | None
     tensorboard_dir: str | None
-    export_dir: str | None  # the chief exports <export_dir>/saved_model; None: no export (a tuning trial)
+    export: bool  # the final model is exported; a tuning trial is not
+    export_dir: str | None  # where the chief exports (<export_dir>/saved_model); other workers use a temp folder
 
 
 class _Progress(keras.callbacks.Callback):
@@ -173,9 +174,11 @@ def train(job: TrainingJob, tf_config: Mapping[str, Any] | None = None) -> dict[
     )
 
     scorer: Any = model
-    if job.export_dir is not None:
+    if job.export:
+        if chief and job.export_dir is None:
+            raise ValueError("the chief needs an export folder")
         # Every worker saves (the save is collective); only the chief's copy is kept.
-        target = job.export_dir if chief else tempfile.mkdtemp(prefix="tfpipe-export-")
+        target = job.export_dir if chief and job.export_dir else tempfile.mkdtemp(prefix="tfpipe-export-")
         path = m.export_serving_model(model, os.path.join(target, SAVED_MODEL_DIR))
         if not chief:
             shutil.rmtree(target, ignore_errors=True)

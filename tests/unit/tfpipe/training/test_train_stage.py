@@ -225,3 +225,26 @@ def test_the_configured_model_on_two_workers_reaches_auc_092_on_2016(ml_python, 
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.result["learned_from"] == ["train", "validation"] and run.result["eval_rows"] == 833
     assert run.result["eval_auc"] >= 0.92, run.result
+
+
+def test_replicas_of_a_vertex_ai_job_train_together_from_its_tf_config(ml_python, window, tmp_path):
+    """As on Vertex AI: one command line per replica, roles from TF_CONFIG (a chief pool and a worker pool)."""
+    from tfpipe.training.cluster import loopback_hosts
+
+    chief_host, worker_host = loopback_hosts(2)
+    argv = train_argv(
+        ml_python, window, tmp_path / "model", training_config(), "--result-file", str(tmp_path / "r.json")
+    )
+    processes = []
+    for role in ("chief", "worker"):
+        tf_config = {"cluster": {"chief": [chief_host], "worker": [worker_host]}, "task": {"type": role, "index": 0}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+        processes.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    chief, worker = (StageRun(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True))
+    assert chief.result["replicas"] == 2 and chief.result["task"] == "chief 0"
+    assert "model_uri" in chief.result and "model_uri" not in worker.result, "only the chief exports"
+    assert json.loads((tmp_path / "r.json").read_text())["model_uri"] == chief.result["model_uri"]
+    assert tf.saved_model.load(chief.result["model_uri"]).signatures["serving_default"] is not None
+    assert not (tmp_path / "model" / "workers.json").exists(), "no launcher on Vertex AI: each replica logs itself"
