@@ -20,7 +20,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from tfpipe.artifacts import ArtifactLayout
 from tfpipe.config import load_pipeline_config
-from tfpipe_airflow.operators.gates import training_window_is_complete
+from tfpipe_airflow.operators.gates import candidate_is_blessed, training_window_is_complete
 from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
 from tfpipe_airflow.sensors.landing import SpanLandedSensor
 from tfpipe_airflow.templates import (
@@ -195,3 +195,51 @@ with DAG(
         pool_slots=training.workers,
     )
     wait_for_span >> ingest >> split >> validate >> enough_history >> learn_transform >> train
+
+    if config.evaluation is not None and config.registry is not None:
+        evaluation, registry = config.evaluation, config.registry
+        # The second gate: sliced metrics against thresholds and the champion.
+        evaluate = RunMLStageOperator(
+            task_id="evaluate_model",
+            stage="evaluate",
+            execution=config.execution,
+            arguments={
+                "eval_uri": split.output["eval_uri"],
+                "candidate_uri": train.output["model_uri"],
+                "output_uri": run_output_uri(layout, "evaluation"),
+                "config": evaluation.model_dump_json(),
+                "tracking_uri": registry.tracking_uri,
+            },
+            result_uri=stage_result_uri(layout),
+        )
+        # Every candidate's lineage is recorded; only a blessed one becomes a model version ("challenger").
+        register = RunMLStageOperator(
+            task_id="register_model",
+            stage="register",
+            execution=config.execution,
+            arguments={
+                "tracking_uri": registry.tracking_uri,
+                "artifact_root": registry.artifact_root or "",
+                "experiment": registry.experiment,
+                "model_name": evaluation.model_name,
+                "run_key": "{{ run_id | tfpipe_run_key }}",
+                "model_uri": train.output["model_uri"],
+                "training_metrics_uri": run_output_uri(layout, "model/metrics.json"),
+                "evaluation_uri": evaluate.output["evaluation_uri"],
+                "splits_uri": split.output["splits_uri"],
+                "transform_uri": learn_transform.output["transform_uri"],
+                "schema_path": config.validation.schema_path,
+                "config_path": config.source_path or "",
+            },
+            result_uri=stage_result_uri(layout),
+        )
+        blessing_gate = ShortCircuitOperator(
+            task_id="blessing_gate",
+            python_callable=candidate_is_blessed,
+            op_kwargs={
+                "blessed": evaluate.output["blessed"],
+                "reasons": evaluate.output["reasons"],
+                "report_uri": evaluate.output["report_uri"],
+            },
+        )
+        train >> evaluate >> register >> blessing_gate

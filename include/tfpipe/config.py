@@ -293,6 +293,102 @@ class TrainingConfig(_Model):
         return self
 
 
+EvaluationMetric = Literal["auc", "precision", "recall", "calibration", "log_loss", "example_count", "mean_label"]
+# Metrics where a larger value is better; change thresholds of the others are rises, not drops.
+HIGHER_IS_BETTER = frozenset({"auc", "precision", "recall"})
+
+
+class MetricBounds(_Model):
+    """Value thresholds (min, max) and change thresholds against the champion (max_drop, max_rise)."""
+
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(None, ge=0, description="How far below the champion the candidate may be.")
+    max_rise: float | None = Field(None, ge=0, description="How far above the champion the candidate may be.")
+
+    @model_validator(mode="after")
+    def _something_bounded(self) -> MetricBounds:
+        if all(value is None for value in (self.min, self.max, self.max_drop, self.max_rise)):
+            raise ValueError("a metric threshold needs at least one of min, max, max_drop, max_rise")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class SliceConfig(_Model):
+    features: list[str] = Field([], description="One slice per value of each of these columns.")
+    top_companies: int = Field(0, ge=0, description="A slice for each of the most frequent companies.")
+    crosses: list[list[str]] = Field([], description="One slice per combination of values of these columns.")
+
+    @field_validator("crosses")
+    @classmethod
+    def _pairs_or_more(cls, crosses: list[list[str]]) -> list[list[str]]:
+        short = [cross for cross in crosses if len(cross) < 2]
+        if short:
+            raise ValueError(f"a cross needs two or more columns: {short}")
+        return crosses
+
+
+class EvaluationThresholds(_Model):
+    overall: dict[EvaluationMetric, MetricBounds] = {}
+    # Slice feature (or "a&b" for a cross) -> metric -> bounds, for every judged slice of that feature.
+    per_slice: dict[str, dict[EvaluationMetric, MetricBounds]] = {}
+
+    def count(self) -> int:
+        return len(self.overall) + sum(len(metrics) for metrics in self.per_slice.values())
+
+
+class EvaluationConfig(_Model):
+    """The deployment gate: sliced TFMA metrics of the candidate, against thresholds and the champion."""
+
+    model_name: Slug = Field(description="Registered model name in the model registry.")
+    operating_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Probability above which a trip is predicted a big tipper."
+    )
+    slices: SliceConfig = SliceConfig()
+    min_slice_size: int = Field(
+        50, ge=1, description="Slices with fewer examples are reported, not judged (their metrics are noise)."
+    )
+    required_slices: list[str] = Field(
+        [],
+        description="Slices (e.g. 'payment_type=Cash') that must have min_slice_size examples, or nothing is blessed.",
+    )
+    thresholds: EvaluationThresholds = EvaluationThresholds()
+    approval: Literal["auto", "required"] = Field(
+        "auto", description="'required': a person approves before traffic moves."
+    )
+    beam_pipeline_args: list[str] = ["--runner=DirectRunner"]
+    batch_size: int = Field(1000, ge=1, description="Rows per model call; TFMA's default starts at 1 and ramps up.")
+
+    @model_validator(mode="after")
+    def _thresholds_on_sliced_features(self) -> EvaluationConfig:
+        known = set(self.slices.features) | {"&".join(cross) for cross in self.slices.crosses}
+        if self.slices.top_companies:
+            known.add("company")
+        unknown = sorted(set(self.thresholds.per_slice) - known)
+        if unknown:
+            raise ValueError(f"thresholds.per_slice names {unknown}, which are not sliced on (slices: {sorted(known)})")
+        return self
+
+
+class RegistryConfig(_Model):
+    tracking_uri: str = Field(
+        description="MLflow tracking and registry URI: a SQLite file locally, http(s):// in production."
+    )
+    artifact_root: OptionalPathOrUri = Field(
+        None, description="Where the registry keeps model files (folder or gs://)."
+    )
+    experiment: Slug = "chicago_taxi"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _absolute_sqlite(cls, value: str, info: ValidationInfo) -> str:
+        # A relative SQLite path would depend on each process's working directory.
+        if "://" not in value:
+            return "sqlite:///" + _resolve_local(value, info)
+        return value
+
+
 class AirflowConfig(_Model):
     owner: str = "ml-platform"
     retries: int = Field(1, ge=0)
@@ -309,6 +405,8 @@ class PipelineConfig(_Model):
     artifacts: ArtifactsConfig
     validation: ValidationConfig
     training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig | None = None
+    registry: RegistryConfig | None = None
     execution: ExecutionConfig
     airflow: AirflowConfig = AirflowConfig()
     source_path: str | None = Field(None, description="The file this config was loaded from (set by the loader).")

@@ -47,6 +47,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "transform": ("tfpipe.stages.transform", "learn the preprocessing constants from the training splits"),
     "train": ("tfpipe.stages.train", "train a tuning trial or the final model, on one or more workers"),
     "select-trial": ("tfpipe.stages.select_trial", "pick the tuning trial with the best validation metric"),
+    "evaluate": ("tfpipe.stages.evaluate", "sliced TFMA evaluation against the champion and the blessing gate"),
+    "register": ("tfpipe.stages.register", "record lineage in MLflow and register a blessed model as challenger"),
 }
 
 log = logging.getLogger("tfpipe.stage")

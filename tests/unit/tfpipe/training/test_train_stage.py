@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import CONFIG_PATH
-from tests.unit.tfpipe.training.conftest import StageRun, run_stage, train_argv, training_config
+from tests.unit.tfpipe.conftest import StageRun, run_stage, train_argv, training_config
 from tfpipe.config import load_pipeline_config
 from tfpipe.data.split import split_files
 from tfpipe.training import model as m

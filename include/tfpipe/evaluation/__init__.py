@@ -1,0 +1,1 @@
+"""Model evaluation: sliced TFMA metrics, the blessing gate and its report."""

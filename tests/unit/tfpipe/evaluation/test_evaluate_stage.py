@@ -1,0 +1,153 @@
+"""The deployment gate on real models and the real 2016 holdout: TFMA on Beam, then the blessing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIG_PATH
+from tfpipe.config import EvaluationConfig, Hyperparameters, load_pipeline_config
+from tfpipe.data.split import split_files
+from tfpipe.stages import evaluate
+from tfpipe.stages.transform import load_transform
+
+
+def _train(window, output: Path, **hyperparameters) -> str:
+    from tfpipe.training import trainer
+
+    config = load_pipeline_config(CONFIG_PATH).training
+    files, rows = split_files(str(window.splits), ("train", "validation"))
+    eval_files, _ = split_files(str(window.splits), ("eval",))
+    job = trainer.TrainingJob(
+        train_files=files,
+        train_rows=rows,
+        score_files=eval_files,
+        score_name="eval",
+        transform=load_transform(str(window.transform)),
+        hyperparameters=Hyperparameters.model_validate({**config.hyperparameters.model_dump(), **hyperparameters}),
+        seed=config.seed,
+        checkpoint_dir=None,
+        tensorboard_dir=None,
+        export=True,
+        export_dir=str(output),
+    )
+    trainer.train(job)
+    return str(output / "saved_model")
+
+
+@pytest.fixture(scope="module")
+def good_model(window, tmp_path_factory) -> str:
+    return _train(window, tmp_path_factory.mktemp("good"))
+
+
+@pytest.fixture(scope="module")
+def poor_model(window, tmp_path_factory) -> str:
+    # One epoch at a learning rate 100x too small: a model that has barely started learning.
+    return _train(window, tmp_path_factory.mktemp("poor"), epochs=1, learning_rate=1e-5, hidden=[4], wide=False)
+
+
+def _config(**changes) -> EvaluationConfig:
+    values = load_pipeline_config(CONFIG_PATH).evaluation.model_dump()
+    values.update(changes)
+    return EvaluationConfig.model_validate(values)
+
+
+def _evaluate(window, tmp_path: Path, candidate: str, config: EvaluationConfig, baseline: str | None = None) -> dict:
+    return evaluate.run(
+        argparse.Namespace(
+            eval_uri=str(window.splits / "eval"),
+            candidate_uri=candidate,
+            output_uri=str(tmp_path / "evaluation"),
+            config=config.model_dump_json(),
+            tracking_uri=None,
+            baseline_uri=baseline,
+        )
+    )
+
+
+def _blessing(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "evaluation" / "blessing.json").read_text())
+
+
+def test_a_good_first_model_is_blessed_on_value_thresholds(window, good_model, tmp_path):
+    result = _evaluate(window, tmp_path, good_model, _config())
+    assert result["blessed"] is True and result["decision"] == "BLESSED", result["reasons"]
+    assert result["baseline_state"] == "first_model"
+    assert result["auc"] >= 0.9
+    blessing = _blessing(tmp_path)
+    assert blessing["reasons"] == [] and blessing["thresholds_configured"] == 7
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    names = {s["slice"] for s in metrics["slices"]}
+    assert {"Overall", "payment_type=Cash", "payment_type=Credit Card", "trip_start_day=1"} <= names
+    assert "payment_type=Cash & trip_start_day=1" in names, "the configured cross"
+    assert sum(name.startswith("company=") for name in names) == 5, "the five most frequent companies"
+    not_judged = {entry["slice"]: entry["reason"] for entry in blessing["not_judged"]}
+    assert "one class only" in not_judged["payment_type=Cash"], "cash trips record no tips: no AUC"
+    assert any("fewer than min_slice_size (50)" in reason for reason in not_judged.values())
+    assert (tmp_path / "evaluation" / "report.html").stat().st_size > 0
+
+
+def test_a_worse_candidate_is_not_blessed_and_the_failing_slices_are_named(window, poor_model, tmp_path):
+    result = _evaluate(window, tmp_path, poor_model, _config())
+    assert result["blessed"] is False and result["decision"] == "NOT_BLESSED"
+    failures = {(f["slice"], f["metric"]) for f in _blessing(tmp_path)["failures"]}
+    assert ("Overall", "auc") in failures
+    assert any(slice_.startswith("trip_start_day=") for slice_, _ in failures), "slices fail too, by name"
+    assert any(
+        reason.startswith("auc ") and "on Overall is below the minimum 0.9" in reason for reason in result["reasons"]
+    )
+    assert not any(f["slice"] == "payment_type=Cash" for f in _blessing(tmp_path)["failures"]), "not judged"
+
+
+def test_a_candidate_worse_than_the_champion_fails_the_change_threshold(window, good_model, poor_model, tmp_path):
+    config = _config(thresholds={"overall": {"auc": {"max_drop": 0.01}}})
+    result = _evaluate(window, tmp_path, poor_model, config, baseline=good_model)
+    assert result["blessed"] is False and result["baseline_state"] == "champion"
+    [failure] = _blessing(tmp_path)["failures"]
+    assert failure["kind"] == "change" and failure["bound"] == "max_drop" and failure["slice"] == "Overall"
+    assert failure["baseline_value"] > failure["value"]
+    assert "below the champion's" in result["reasons"][0]
+
+
+def test_the_same_model_as_the_champion_passes_its_change_threshold(window, good_model, tmp_path):
+    config = _config(thresholds={"overall": {"auc": {"max_drop": 0.01}, "log_loss": {"max_rise": 0.0}}})
+    result = _evaluate(window, tmp_path, good_model, config, baseline=good_model)
+    assert result["blessed"] is True, result["reasons"]
+    overall = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["slices"][0]
+    assert overall["baseline"]["auc"] == overall["candidate"]["auc"]
+
+
+def test_with_no_thresholds_nothing_is_blessed(window, good_model, tmp_path):
+    result = _evaluate(window, tmp_path, good_model, _config(thresholds={}))
+    assert result["blessed"] is False
+    assert result["reasons"] == [
+        "no thresholds are configured (evaluation.thresholds): nothing is blessed without them"
+    ]
+
+
+def test_a_required_slice_missing_from_the_data_means_not_blessed(window, good_model, tmp_path):
+    result = _evaluate(window, tmp_path, good_model, _config(required_slices=["payment_type=Bitcoin"]))
+    assert result["blessed"] is False
+    assert result["reasons"] == ["required slice payment_type=Bitcoin has no examples in the evaluation data"]
+
+
+def test_a_champion_that_cannot_be_found_means_not_blessed(window, good_model, tmp_path):
+    result = _evaluate(window, tmp_path, good_model, _config(), baseline=str(tmp_path / "gone"))
+    assert result["blessed"] is False and result["baseline_state"] == "missing"
+    assert "the champion to compare with is missing" in result["reasons"][0]
+
+
+def test_a_candidate_that_does_not_exist_is_refused(window, tmp_path):
+    from tfpipe.errors import DataError
+
+    with pytest.raises(DataError, match="the candidate model does not exist"):
+        _evaluate(window, tmp_path, str(tmp_path / "nope"), _config())
+    assert not (tmp_path / "evaluation").exists()
+
+
+def test_thresholds_on_a_feature_that_is_not_sliced_are_refused():
+    with pytest.raises(ValueError, match=r"thresholds.per_slice names \['pickup_community_area'\]"):
+        _config(thresholds={"per_slice": {"pickup_community_area": {"auc": {"min": 0.5}}}})
