@@ -36,14 +36,16 @@ $(UV):
 	$(VENV)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 # The Airflow runtime: Airflow, providers, Great Expectations, our packages, test tools. No TensorFlow.
+# --compile-bytecode: every task and stage is a new process, and where Python may not write .pyc files
+# (PYTHONDONTWRITEBYTECODE) each one would compile TensorFlow's and Airflow's sources again (about 5 s each).
 $(VENV)/.installed: requirements.lock include/pyproject.toml plugins/pyproject.toml | $(UV)
-	$(UV) pip install --quiet --python $(VENV)/bin/python -r requirements.lock -e ./include -e ./plugins
+	$(UV) pip install --quiet --compile-bytecode --python $(VENV)/bin/python -r requirements.lock -e ./include -e ./plugins
 	touch $@
 
 # The ML runtime: TensorFlow, TFDV, TFMA, Beam and our library.
 $(ML_VENV)/.installed: requirements-ml.lock include/pyproject.toml | $(UV)
 	test -x $(ML_VENV)/bin/python || $(PYTHON) -m venv $(ML_VENV)
-	$(UV) pip install --quiet --python $(ML_VENV)/bin/python -r requirements-ml.lock -e ./include
+	$(UV) pip install --quiet --compile-bytecode --python $(ML_VENV)/bin/python -r requirements-ml.lock -e ./include
 	touch $@
 
 lock: | $(UV)  ## re-resolve both lock files from requirements*.txt

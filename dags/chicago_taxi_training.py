@@ -13,8 +13,10 @@ several workers, resumable from checkpoints.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
@@ -213,24 +215,25 @@ with DAG(
             result_uri=stage_result_uri(layout),
         )
         # Every candidate's lineage is recorded; only a blessed one becomes a model version ("challenger").
+        registration = {
+            "tracking_uri": registry.tracking_uri,
+            "artifact_root": registry.artifact_root or "",
+            "experiment": registry.experiment,
+            "model_name": evaluation.model_name,
+            "run_key": "{{ run_id | tfpipe_run_key }}",
+            "model_uri": train.output["model_uri"],
+            "training_metrics_uri": run_output_uri(layout, "model/metrics.json"),
+            "evaluation_uri": evaluate.output["evaluation_uri"],
+            "splits_uri": split.output["splits_uri"],
+            "transform_uri": learn_transform.output["transform_uri"],
+            "schema_path": config.validation.schema_path,
+            "config_path": config.source_path or "",
+        }
         register = RunMLStageOperator(
             task_id="register_model",
             stage="register",
             execution=config.execution,
-            arguments={
-                "tracking_uri": registry.tracking_uri,
-                "artifact_root": registry.artifact_root or "",
-                "experiment": registry.experiment,
-                "model_name": evaluation.model_name,
-                "run_key": "{{ run_id | tfpipe_run_key }}",
-                "model_uri": train.output["model_uri"],
-                "training_metrics_uri": run_output_uri(layout, "model/metrics.json"),
-                "evaluation_uri": evaluate.output["evaluation_uri"],
-                "splits_uri": split.output["splits_uri"],
-                "transform_uri": learn_transform.output["transform_uri"],
-                "schema_path": config.validation.schema_path,
-                "config_path": config.source_path or "",
-            },
+            arguments={**registration, "approval": json.dumps({"mode": evaluation.approval})},
             result_uri=stage_result_uri(layout),
         )
         blessing_gate = ShortCircuitOperator(
@@ -243,3 +246,28 @@ with DAG(
             },
         )
         train >> evaluate >> register >> blessing_gate
+        if evaluation.approval == "required":
+            # A person approves in the UI (Required actions) before any traffic moves; who and when
+            # is recorded in the run's lineage. Rejecting skips everything after.
+            approve_deployment = ApprovalOperator(
+                task_id="approve_deployment",
+                subject="Deploy the {{ dag.dag_id }} candidate of {{ tfpipe_data_span(data_interval_start) }}?",
+                body=(
+                    "The candidate was **BLESSED**: overall AUC {{ ti.xcom_pull(task_ids='evaluate_model', "
+                    "key='auc') }}.\n\nEvaluation report: {{ ti.xcom_pull(task_ids='evaluate_model', "
+                    "key='report_uri') }}"
+                ),
+                response_timeout=dt.timedelta(days=3),
+                ignore_downstream_trigger_rules=True,
+            )
+            record_approval = RunMLStageOperator(
+                task_id="record_approval",
+                stage="register",
+                execution=config.execution,
+                arguments={
+                    **registration,
+                    "approval": "{{ tfpipe_approval(ti.xcom_pull(task_ids='approve_deployment')) }}",
+                },
+                result_uri=stage_result_uri(layout),
+            )
+            blessing_gate >> approve_deployment >> record_approval

@@ -4,6 +4,10 @@
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=1
+# The commit the image was built from, recorded in every model's lineage:
+#   docker build --build-arg TFPIPE_CODE_VERSION=git:$(git rev-parse HEAD) ...
+ARG TFPIPE_CODE_VERSION=unknown
+ENV TFPIPE_CODE_VERSION=${TFPIPE_CODE_VERSION}
 COPY requirements-ml.lock /opt/tfpipe/requirements-ml.lock
 RUN pip install --no-cache-dir -r /opt/tfpipe/requirements-ml.lock
 COPY include /opt/tfpipe/include

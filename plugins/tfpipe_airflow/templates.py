@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,30 @@ def previous_span(data_interval_start: dt.datetime | None) -> str:
     return f"{year - (month == 1)}-{(month - 2) % 12 + 1:02d}"
 
 
-MACROS = {"tfpipe_data_span": data_span, "tfpipe_partition": artifact_partition, "tfpipe_previous_span": previous_span}
+def approval_record(response: Mapping[str, Any] | None) -> str:
+    """What an ApprovalOperator's response says, as the JSON the register stage records as lineage."""
+    if not response:
+        return json.dumps({"mode": "required", "decision": "none"})
+    user = response.get("responded_by_user") or {}
+    chosen = response.get("chosen_options") or []
+    return json.dumps(
+        {
+            "mode": "required",
+            "decision": chosen[0] if chosen else "none",
+            "approver": user.get("name") or user.get("id") or "unknown",
+            "approver_id": user.get("id"),
+            "approved_at": str(response.get("responded_at") or ""),
+        },
+        sort_keys=True,
+    )
+
+
+MACROS = {
+    "tfpipe_approval": approval_record,
+    "tfpipe_data_span": data_span,
+    "tfpipe_partition": artifact_partition,
+    "tfpipe_previous_span": previous_span,
+}
 FILTERS = {"tfpipe_run_key": run_key}
 
 DATA_SPAN = "{{ tfpipe_data_span(data_interval_start) }}"

@@ -145,3 +145,24 @@ def test_the_final_training_writes_checkpoints_and_logs_inside_its_run(dagbag):
     assert task.arguments["checkpoint_uri"].endswith(run + "checkpoints")
     assert task.arguments["tensorboard_uri"].endswith(run + "tensorboard")
     assert task.arguments["output_uri"].endswith(run + "model")
+
+
+def test_deployment_waits_for_the_blessing_and_lineage_is_recorded_either_way(dagbag):
+    dag = dagbag.dags["chicago_taxi_training"]
+    for upstream, downstream in itertools.pairwise(
+        ["train_model", "evaluate_model", "register_model", "blessing_gate"]
+    ):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, f"{upstream} >> {downstream}"
+    register = dag.get_task("register_model")
+    assert json.loads(register.arguments["approval"]) == {"mode": "auto"}
+    assert "approve_deployment" not in dag.task_ids, "the shipped config approves automatically"
+
+
+def test_a_required_approval_adds_a_human_step_whose_answer_is_recorded(monkeypatch):
+    monkeypatch.setenv("TFPIPE_APPROVAL", "required")
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["chicago_taxi_training"]
+    approve = dag.get_task("approve_deployment")
+    assert type(approve).__name__ == "ApprovalOperator" and approve.upstream_task_ids == {"blessing_gate"}
+    record = dag.get_task("record_approval")
+    assert record.stage == "register" and "tfpipe_approval(ti.xcom_pull" in record.arguments["approval"]
+    assert record.arguments["run_key"] == dag.get_task("register_model").arguments["run_key"], "same MLflow run"

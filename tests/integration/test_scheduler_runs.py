@@ -27,6 +27,9 @@ AFTER_INGEST = {
     "tune_model",
     "select_hyperparameters",
     "train_model",
+    "evaluate_model",
+    "register_model",
+    "blessing_gate",
 }
 TRAINING = AFTER_INGEST - {"split_examples", "validate_examples", "enough_history"}
 FINISHED = ("success", "failed", "skipped", "upstream_failed")

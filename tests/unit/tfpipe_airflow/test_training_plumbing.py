@@ -79,3 +79,35 @@ def test_the_history_gate_passes_a_trainable_window_and_logs_why_not(caplog):
     with caplog.at_level(logging.WARNING):
         assert training_window_is_complete(False, "not enough history to train at span 2013-02") is False
     assert "training is skipped for this run: not enough history to train at span 2013-02" in caplog.text
+
+
+def test_an_approval_response_becomes_the_lineage_record():
+    import datetime as dt
+
+    from tfpipe_airflow.templates import approval_record
+
+    response = {
+        "chosen_options": ["Approve"],
+        "params_input": {},
+        "responded_at": dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC),
+        "responded_by_user": {"id": "7", "name": "on-call"},
+    }
+    assert json.loads(approval_record(response)) == {
+        "mode": "required",
+        "decision": "Approve",
+        "approver": "on-call",
+        "approver_id": "7",
+        "approved_at": "2026-11-23 09:30:00+00:00",
+    }
+    assert json.loads(approval_record(None)) == {"mode": "required", "decision": "none"}
+
+
+def test_a_candidate_that_is_not_blessed_stops_the_run_with_its_reasons_logged(caplog):
+    from tfpipe_airflow.operators.gates import candidate_is_blessed
+
+    assert candidate_is_blessed(True, []) is True
+    with caplog.at_level(logging.WARNING):
+        assert (
+            candidate_is_blessed(False, ["auc 0.71 on Overall is below the minimum 0.9 (by 0.19)"], "/r.html") is False
+        )
+    assert "NOT BLESSED" in caplog.text and "auc 0.71 on Overall" in caplog.text and "/r.html" in caplog.text
