@@ -243,6 +243,9 @@ with DAG(
                 "blessed": evaluate.output["blessed"],
                 "reasons": evaluate.output["reasons"],
                 "report_uri": evaluate.output["report_uri"],
+                "alert_email": config.alerts.email,
+                "smtp_conn_id": config.alerts.smtp_conn_id,
+                "from_email": config.alerts.from_email,
             },
         )
         train >> evaluate >> register >> blessing_gate

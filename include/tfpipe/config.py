@@ -389,6 +389,22 @@ class RegistryConfig(_Model):
         return value
 
 
+class AlertsConfig(_Model):
+    """Who hears about a run that needs a person: a candidate NOT BLESSED (and, later, production alerts)."""
+
+    email: list[str] = Field([], description="Recipients; empty: nothing is sent, the task log still says why.")
+    smtp_conn_id: str = Field("smtp_default", description="Airflow connection of the SMTP server.")
+    from_email: str = "tfpipe@localhost"
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # "${TFPIPE_ALERT_EMAIL:-}" arrives as one string: "a@x, b@y" or "".
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
 class AirflowConfig(_Model):
     owner: str = "ml-platform"
     retries: int = Field(1, ge=0)
@@ -408,6 +424,7 @@ class PipelineConfig(_Model):
     evaluation: EvaluationConfig | None = None
     registry: RegistryConfig | None = None
     execution: ExecutionConfig
+    alerts: AlertsConfig = AlertsConfig()
     airflow: AirflowConfig = AirflowConfig()
     source_path: str | None = Field(None, description="The file this config was loaded from (set by the loader).")
 
