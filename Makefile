@@ -24,7 +24,7 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export TFPIPE_ML_PYTHON := $(CURDIR)/$(ML_VENV)/bin/python
 export TFPIPE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help install lock landing airflow-init demo airflow tensorboard env test lint format bench clean
+.PHONY: help install lock landing airflow-init demo airflow tensorboard mlflow env test lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ airflow: install airflow-init  ## open the Airflow UI on the demo's state at htt
 
 tensorboard: install  ## TensorBoard on every run's training logs at http://localhost:6006 (the tasks' TensorBoard links)
 	$(ML_VENV)/bin/tensorboard --logdir "$${TFPIPE_ARTIFACT_ROOT:-$(CURDIR)/state/artifacts}" --host 127.0.0.1 --port 6006
+
+mlflow: install  ## the MLflow UI on the demo's model registry and lineage at http://127.0.0.1:5000
+	$(ML_VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db}"
 
 env:  ## print the demo's environment for a shell: eval "$$(make -s env)", then use airflow and python -m tfpipe
 	@echo 'export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(AIRFLOW__CORE__DAGS_FOLDER)'
