@@ -151,3 +151,50 @@ def test_a_candidate_that_does_not_exist_is_refused(window, tmp_path):
 def test_thresholds_on_a_feature_that_is_not_sliced_are_refused():
     with pytest.raises(ValueError, match=r"thresholds.per_slice names \['pickup_community_area'\]"):
         _config(thresholds={"per_slice": {"pickup_community_area": {"auc": {"min": 0.5}}}})
+
+
+def test_the_registrys_champion_is_the_baseline_of_the_next_candidate(window, good_model, poor_model, tmp_path):
+    """Evaluate, register as challenger, promote to champion; the next evaluation finds it in the registry."""
+    from tfpipe.registry.mlflow_registry import ModelRegistry
+    from tfpipe.stages import register
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    config = _config()
+    first = _evaluate(window, tmp_path / "first", good_model, config)
+    assert first["blessed"] and first["baseline_state"] == "first_model"
+    (tmp_path / "training.json").write_text(json.dumps({"hyperparameters": {"epochs": 8}, "eval_auc": first["auc"]}))
+    registered = register.run(
+        argparse.Namespace(
+            tracking_uri=tracking,
+            artifact_root=str(tmp_path / "mlflow" / "artifacts"),
+            experiment="chicago_taxi",
+            model_name=config.model_name,
+            run_key="scheduled__2016-12-01",
+            model_uri=good_model,
+            training_metrics_uri=str(tmp_path / "training.json"),
+            evaluation_uri=first["evaluation_uri"],
+            splits_uri=str(window.splits),
+            transform_uri=str(window.transform),
+            schema_path=str(load_pipeline_config(CONFIG_PATH).validation.schema_path),
+            config_path=str(CONFIG_PATH),
+            code_version="git:test",
+            approval='{"mode": "auto"}',
+        )
+    )
+    assert registered["model_version"] == "1" and registered["alias"] == "challenger"
+    ModelRegistry(tracking).promote_to_champion(config.model_name, "1")
+
+    second = evaluate.run(
+        argparse.Namespace(
+            eval_uri=str(window.splits / "eval"),
+            candidate_uri=poor_model,
+            output_uri=str(tmp_path / "second" / "evaluation"),
+            config=config.model_dump_json(),
+            tracking_uri=tracking,
+            baseline_uri=None,
+        )
+    )
+    assert second["baseline_state"] == "champion" and second["blessed"] is False
+    blessing = json.loads((tmp_path / "second" / "evaluation" / "blessing.json").read_text())
+    assert blessing["baseline"]["version"] == "1"
+    assert any(f["kind"] == "change" and f["slice"] == "Overall" and f["metric"] == "auc" for f in blessing["failures"])
