@@ -25,9 +25,11 @@ BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 
 @dataclass(frozen=True)
 class Baseline:
+    """What a candidate is compared with: the serving champion, nothing (a first model), or a gap."""
+
     state: str  # "first_model", "champion" or "missing"
     version: str | None = None
-    model_uri: str | None = None
+    model_uri: str | None = None  # the champion's SavedModel folder, as TensorFlow loads it
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,6 @@ file (model files next to it unless an artifact root is given), `http(s)://` an 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -29,7 +28,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import mlflow
 import requests
@@ -39,6 +38,7 @@ from mlflow.exceptions import MlflowException
 
 from tfpipe import artifacts
 from tfpipe.errors import DataError, StageError, TfpipeError, TransientError
+from tfpipe.evaluation.gate import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +87,6 @@ _METRICS_PER_BATCH = 1000
 _PARAMS_OR_TAGS_PER_BATCH = 100
 
 Method = TypeVar("Method", bound=Callable[..., Any])
-
-
-@dataclasses.dataclass(frozen=True)
-class Baseline:
-    """What a candidate is compared with: the serving champion, nothing (a first model), or a gap."""
-
-    state: Literal["first_model", "champion", "missing"]
-    version: str | None
-    model_uri: str | None  # the champion's SavedModel folder, as TensorFlow loads it
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def normalize_tracking_uri(uri: str) -> str:

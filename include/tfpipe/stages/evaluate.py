@@ -46,10 +46,11 @@ def _baseline(args: argparse.Namespace, config: EvaluationConfig) -> Any:
     from tfpipe.registry.mlflow_registry import ModelRegistry
 
     try:
-        found = ModelRegistry(args.tracking_uri).find_baseline(config.model_name)
+        return ModelRegistry(args.tracking_uri).find_baseline(config.model_name)
+    except TransientError:
+        raise
     except Exception as exc:  # the registry is a service: unreachable now is worth a retry
         raise TransientError(f"the model registry at {args.tracking_uri} cannot be read: {exc}") from exc
-    return Baseline(found.state, found.version, found.model_uri, found.reason)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

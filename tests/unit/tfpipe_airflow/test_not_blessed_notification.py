@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from email import message_from_bytes
 
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.integration.airflow_stack import free_port
 from tfpipe_airflow.operators.gates import candidate_is_blessed
 
 REASONS = [
@@ -27,16 +27,10 @@ class _Inbox:
         return "250 OK"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def smtp_server(monkeypatch):
     inbox = _Inbox()
-    port = _free_port()
+    port = free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     extra = json.dumps({"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1})
@@ -86,7 +80,7 @@ def test_a_mail_server_that_is_down_does_not_hide_the_decision(monkeypatch, capl
             {
                 "conn_type": "smtp",
                 "host": "127.0.0.1",
-                "port": _free_port(),
+                "port": free_port(),
                 "extra": '{"disable_tls": true, "disable_ssl": true, "timeout": 2, "retry_limit": 1}',
             }
         ),

@@ -350,7 +350,7 @@ def test_the_promoted_champion_is_a_baseline_tensorflow_loads(store, inputs):
     scores = tf.saved_model.load(baseline.model_uri).signatures["serving_default"](tf.constant([0.0, 1.0]))
     assert scores["probability"].numpy().tolist() == pytest.approx([0.5, 0.8808], abs=1e-4)
     assert registry.lineage(MODEL, "1")["served"] is True
-    assert baseline.as_dict()["state"] == "champion"
+    assert baseline.to_dict()["state"] == "champion"
 
 
 def test_a_champion_alias_gone_after_serving_is_missing(store, inputs):
