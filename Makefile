@@ -24,12 +24,18 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export TFPIPE_ML_PYTHON := $(CURDIR)/$(ML_VENV)/bin/python
 export TFPIPE_PROJECT_ROOT := $(CURDIR)
 
-.PHONY: help install lock landing airflow-init demo airflow tensorboard mlflow env test lint format bench clean
+.PHONY: help install promtool lock landing airflow-init demo airflow tensorboard mlflow serve env test lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed $(ML_VENV)/.installed  ## create both virtual environments (a no-op when nothing changed)
+install: $(VENV)/.installed $(ML_VENV)/.installed promtool  ## create both virtual environments (a no-op when nothing changed)
+
+# promtool (Debian's prometheus package) checks the model server's alerting rules in docker/prometheus.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null 2>&1 \
+		|| echo "promtool could not be installed (apt-get install prometheus): the alert rule test will fail" >&2
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +84,16 @@ tensorboard: install  ## TensorBoard on every run's training logs at http://loca
 
 mlflow: install  ## the MLflow UI on the demo's model registry and lineage at http://127.0.0.1:5000
 	$(ML_VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/state/mlflow/mlflow.db}"
+
+# Try it: curl -s -X POST http://127.0.0.1:8501/v1/models/big_tipper:predict -H 'X-Request-Key: me' \
+#   -d '{"instances": [{"fare": 12.5, "trip_miles": 2.1, "trip_seconds": 600, "payment_type": "Credit Card",
+#   "company": null, "trip_start_hour": 19, "trip_start_day": 6, "trip_start_month": 5,
+#   "pickup_community_area": 8, "dropoff_community_area": 32, "pickup_latitude": 41.9, "pickup_longitude": -87.63,
+#   "dropoff_latitude": 41.88, "dropoff_longitude": -87.62}]}'
+# (GET .../v1/models/big_tipper/metadata lists the inputs; /metrics, /readyz; admin API: set TFPIPE_SERVING_ADMIN_TOKEN.)
+serve: install  ## the model server (TF Serving's REST API) on the demo registry's champion at http://127.0.0.1:8501
+	$(ML_VENV)/bin/python -m tfpipe serve --config dags/configs/chicago_taxi.yaml --from-registry champion \
+		--host 127.0.0.1 --port 8501
 
 env:  ## print the demo's environment for a shell: eval "$$(make -s env)", then use airflow and python -m tfpipe
 	@echo 'export AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(AIRFLOW__CORE__DAGS_FOLDER)'

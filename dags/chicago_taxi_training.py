@@ -7,23 +7,30 @@ artifact folder, so clearing and rerunning a task overwrites its outputs and dup
 wait for the span -> ingest it -> split the training window by time -> validate the span and every
 split (the gate) -> skip training if the window has too little history -> learn the transform ->
 one tuning trial per point of the search space (mapped, pooled) -> select the best -> train it on
-several workers, resumable from checkpoints.
+several workers, resumable from checkpoints -> evaluate by slice against the champion -> register (the
+blessing gate; a person's approval when the config requires it) -> canary rollout with automatic
+analysis at each traffic step (aborts roll back at once) -> the promoted version becomes `champion`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import json
 from pathlib import Path
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronDataIntervalTimetable, Param
 
 from tfpipe.artifacts import ArtifactLayout
 from tfpipe.config import load_pipeline_config
+from tfpipe_airflow.assets import retraining_asset, span_landed_asset
 from tfpipe_airflow.operators.gates import candidate_is_blessed, training_window_is_complete
 from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
+from tfpipe_airflow.operators.quota import guard
+from tfpipe_airflow.operators.rollout import ROLLOUT_MACROS, CanaryRolloutOperator, RollbackDeploymentOperator
 from tfpipe_airflow.sensors.landing import SpanLandedSensor
 from tfpipe_airflow.templates import (
     DATA_SPAN,
@@ -47,8 +54,12 @@ def _utc(day: dt.date | None) -> dt.datetime | None:
 with DAG(
     dag_id=f"{config.pipeline}_training",
     description=config.description,
-    # One run per calendar month of data: the run's data interval is its span.
-    schedule=CronDataIntervalTimetable("0 0 1 * *", timezone="UTC"),
+    # One run per calendar month of data (the run's data interval is its span, so months backfill), and a
+    # run whenever a span lands or monitoring asks for retraining (the events name the span to train on).
+    schedule=AssetOrTimeSchedule(
+        timetable=CronDataIntervalTimetable("0 0 1 * *", timezone="UTC"),
+        assets=span_landed_asset(config.pipeline) | retraining_asset(config.pipeline),
+    ),
     start_date=_utc(config.spans.first),
     end_date=_utc(config.spans.last),
     catchup=False,
@@ -66,7 +77,7 @@ with DAG(
             description="A CSV file or folder of CSV files. Leave empty to use the span of the run's data interval.",
         ),
     },
-    user_defined_macros=MACROS,
+    user_defined_macros={**MACROS, **ROLLOUT_MACROS},
     user_defined_filters=FILTERS,
     tags=config.airflow.tags,
     doc_md=__doc__,
@@ -254,7 +265,7 @@ with DAG(
             # is recorded in the run's lineage. Rejecting skips everything after.
             approve_deployment = ApprovalOperator(
                 task_id="approve_deployment",
-                subject="Deploy the {{ dag.dag_id }} candidate of {{ tfpipe_data_span(data_interval_start) }}?",
+                subject=f"Deploy the {{{{ dag.dag_id }}}} candidate of {DATA_SPAN}?",
                 body=(
                     "The candidate was **BLESSED**: overall AUC {{ ti.xcom_pull(task_ids='evaluate_model', "
                     "key='auc') }}.\n\nEvaluation report: {{ ti.xcom_pull(task_ids='evaluate_model', "
@@ -274,3 +285,101 @@ with DAG(
                 result_uri=stage_result_uri(layout),
             )
             blessing_gate >> approve_deployment >> record_approval
+        deploy_after = record_approval if evaluation.approval == "required" else blessing_gate
+
+        if config.serving is not None:
+            # Deployment: the registered version rolls out as a canary, analysed at each traffic step.
+            rollout = config.rollout
+            canary = {
+                "version": register.output["model_version"],
+                "model_uri": register.output["model_uri"],
+                "serving": config.serving,
+                "rollout": rollout,
+                "alerts": config.alerts,
+            }
+            above = rollout.approval_above_percent
+            narrow = [step for step in rollout.steps if above is None or step <= above]
+            wide = [step for step in rollout.steps if step not in narrow]
+            if wide:
+                # Widening past `approval_above_percent` waits for a person, recorded in the run's lineage like
+                # the approval before the first step. Rejecting (or no answer in time) rolls the canary back.
+                approve_widening = ApprovalOperator(
+                    task_id="approve_widening",
+                    subject=f"Widen the {config.serving.model_name} canary past {above}%?",
+                    body=(
+                        "Canary analyses passed at "
+                        + (", ".join(f"{step}%" for step in narrow) or "no step yet")
+                        + f"; the next steps are {', '.join(f'{step}%' for step in wide)}. Approve to widen; "
+                        "reject to send all traffic back to the stable version."
+                    ),
+                    defaults=ApprovalOperator.REJECT,
+                    response_timeout=dt.timedelta(minutes=rollout.timeout_minutes),
+                )
+                record_widening = RunMLStageOperator(
+                    task_id="record_widening_approval",
+                    stage="register",
+                    execution=config.execution,
+                    arguments={
+                        **registration,
+                        "approval": "{{ tfpipe_widening_approval(ti.xcom_pull(task_ids='approve_widening'), "
+                        f"{above}) }}}}",
+                    },
+                    result_uri=stage_result_uri(layout),
+                )
+                widen = CanaryRolloutOperator(task_id="canary_rollout_widen", steps=wide, **canary)
+                if narrow:
+                    canary_rollout = CanaryRolloutOperator(
+                        task_id="canary_rollout", steps=narrow, promote=False, **canary
+                    )
+                    deploy_after >> canary_rollout >> approve_widening
+                    # Runs only when the widening was rejected (the approval skips the task before it).
+                    abort_canary = RollbackDeploymentOperator(
+                        task_id="abort_canary",
+                        serving=config.serving,
+                        reason=f"widening the canary past {above}% was not approved",
+                        actor="{{ ((ti.xcom_pull(task_ids='approve_widening') or {}).get('responded_by_user') "
+                        "or {}).get('name', 'the approval timeout') }}",
+                        trigger_rule="all_skipped",
+                    )
+                    record_widening >> abort_canary
+                else:
+                    deploy_after >> approve_widening
+                approve_widening >> record_widening >> widen
+                last_rollout = widen
+            else:
+                last_rollout = CanaryRolloutOperator(task_id="canary_rollout", **canary)
+                deploy_after >> last_rollout
+            promote_champion = RunMLStageOperator(
+                task_id="promote_champion",
+                stage="promote",
+                execution=config.execution,
+                arguments={
+                    "tracking_uri": registry.tracking_uri,
+                    "model_name": evaluation.model_name,
+                    "version": register.output["model_version"],
+                    "run_key": "{{ run_id | tfpipe_run_key }}",
+                    "actor": "{{ dag.dag_id }} run {{ run_id }}",
+                },
+                result_uri=stage_result_uri(layout),
+            )
+            last_rollout >> promote_champion
+
+    # Compute quota: a check (a setup task) before each heavy stage reserves what it asks from the shared
+    # ledger, and a release (a teardown) gives it back whatever happens. Wired last: a check takes over
+    # its stage's upstream dependencies. A run asks for its next stage's share only once it has given back
+    # the last one, or it would wait on itself (with 2 cores, training holds them all).
+    guard_quota = functools.partial(guard, pipeline=config.pipeline, quota=config.quota, alerts=config.alerts)
+    guards = [guard_quota(validate, "validate")]
+    if len(trials) > 1:
+        guards.append(guard_quota(tune, "tune_trial", parallel=min(len(trials), training.tuning.pool_slots)))
+    guards.append(guard_quota(train, "train"))
+    if config.evaluation is not None and config.registry is not None:
+        guards.append(guard_quota(evaluate, "evaluate"))
+        if config.serving is not None and not wide:
+            # The canary's model is loaded next to stable's. The rollout defers between steps, when no
+            # heartbeat renews a lease: it holds one as long as its timeout.
+            lease = dt.timedelta(minutes=config.rollout.timeout_minutes)
+            guards.append(guard_quota(last_rollout, "serve", lease=lease))
+    guarded = [pair for pair in guards if pair is not None]
+    for (_, release), (next_check, _) in itertools.pairwise(guarded):
+        release >> next_check

@@ -12,6 +12,10 @@ COPY requirements-ml.lock /opt/tfpipe/requirements-ml.lock
 RUN pip install --no-cache-dir -r /opt/tfpipe/requirements-ml.lock
 COPY include /opt/tfpipe/include
 RUN pip install --no-cache-dir --no-deps /opt/tfpipe/include
+# The pipeline configs and schemas: the model server reads its `serving` section (Vertex AI endpoints run
+# `python -m tfpipe serve --config /opt/tfpipe/dags/configs/<pipeline>.yaml`); relative paths resolve here.
+COPY dags/configs /opt/tfpipe/dags/configs
+ENV TFPIPE_PROJECT_ROOT=/opt/tfpipe
 
 RUN useradd --create-home --uid 50000 tfpipe
 USER tfpipe

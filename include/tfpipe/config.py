@@ -389,6 +389,111 @@ class RegistryConfig(_Model):
         return value
 
 
+class RequestLogConfig(_Model):
+    """Requests and predictions the server logs for the monitoring DAG's skew, drift and quality checks."""
+
+    dir: PathOrUri = Field(description="Folder of rotating JSON-lines files (requests.jsonl, requests.jsonl.1, ...).")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged (decided per request).")
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="Size at which a file is rotated.")
+    backups: int = Field(10, ge=1, description="Rotated files kept.")
+
+
+class LocalServingConfig(_Model):
+    """Our model server (TensorFlow Serving's REST API): the embedded default deployment target."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8501, ge=0, le=65535, description="TF Serving's REST port.")
+    conn_id: str = Field(
+        "tfpipe_model_server", description="Airflow connection to the server: host, port, password = admin token."
+    )
+    admin_token_env: str = Field(
+        "TFPIPE_SERVING_ADMIN_TOKEN",
+        description="Environment variable the server reads its admin bearer token from; unset: admin API refused.",
+    )
+    sticky_header: str = Field("X-Request-Key", description="Request header a user's traffic split is sticky on.")
+    max_batch_size: int = Field(64, ge=1, description="Concurrent requests' rows batched into one model call.")
+    batch_timeout_ms: float = Field(
+        1.0, ge=0, description="How long a batch waits for more rows once the model is free."
+    )
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    max_instances: int = Field(1000, ge=1, description="More instances in one request get 400.")
+    request_log: RequestLogConfig
+
+
+class VertexAIServingConfig(_Model):
+    """A Vertex AI endpoint (providers-google): deploy model, traffic_split, undeploy."""
+
+    project_id: str
+    region: str
+    endpoint_id: str = Field(description="The endpoint (created once, outside the pipeline) that serves the model.")
+    machine_type: str = "n1-standard-2"
+    min_replica_count: int = Field(1, ge=1)
+    max_replica_count: int = Field(2, ge=1)
+    serving_image_uri: Annotated[str, AfterValidator(_pinned_image)] = Field(
+        description="Prediction container for uploaded models: our ML image, which runs the same model server."
+    )
+    image_config: str = Field(
+        "/opt/tfpipe/dags/configs/chicago_taxi.yaml", description="This pipeline's config inside the serving image."
+    )
+    gcp_conn_id: str = "google_cloud_default"
+
+
+class ServingConfig(_Model):
+    target: Literal["local", "vertex_ai"] = "local"
+    model_name: Slug = Field(description="The name clients use: POST /v1/models/<model_name>:predict.")
+    local: LocalServingConfig
+    vertex_ai: VertexAIServingConfig | None = None
+
+    @model_validator(mode="after")
+    def _target_configured(self) -> ServingConfig:
+        if self.target == "vertex_ai" and self.vertex_ai is None:
+            raise ValueError("target is vertex_ai but serving.vertex_ai is not configured")
+        return self
+
+
+class CanaryAnalysisConfig(_Model):
+    """One analysis per step, over a window of live traffic, canary against stable (Argo Rollouts' model)."""
+
+    window_seconds: float = Field(30, gt=0, description="Live traffic each analysis looks at.")
+    poll_seconds: float = Field(5, gt=0, description="How often the trigger measures during a window.")
+    min_requests: int = Field(100, ge=1, description="Fewer canary requests in a window: Inconclusive, not Successful.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary 5xx share above this: Failed.")
+    max_p99_latency_ratio: float = Field(2.0, gt=0, description="Canary p99 over stable p99 above this: Failed.")
+    p99_latency_slack_ms: float = Field(
+        5.0, ge=0, description="p99 differences below this are never a failure (sub-millisecond noise)."
+    )
+    max_prediction_drift: float = Field(
+        0.35, ge=0, le=1, description="Jensen-Shannon distance of canary vs stable prediction histograms: Failed."
+    )
+    failure_limit: int = Field(0, ge=0, description="Failed analyses tolerated before the rollout aborts.")
+    error_limit: int = Field(
+        2, ge=0, description="Measurement errors (metrics unreachable) tolerated, consecutive, before aborting."
+    )
+    inconclusive: Literal["wait_for_approval", "fail"] = Field(
+        "fail", description="What an Inconclusive analysis does: ask a person, or abort."
+    )
+
+
+class RolloutConfig(_Model):
+    steps: list[Annotated[int, Field(gt=0, le=100)]] = Field(
+        [10, 25, 50, 100], description="Canary traffic percentages, in order; the last is 100."
+    )
+    analysis: CanaryAnalysisConfig = CanaryAnalysisConfig()
+    approval_above_percent: Annotated[
+        int | None, BeforeValidator(lambda value: None if value in ("", "null", "none") else value)
+    ] = Field(None, ge=0, le=100, description="Widening the canary past this percentage needs a person's approval.")
+    timeout_minutes: float = Field(60, gt=0, description="The whole rollout, approvals included.")
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100:
+            raise ValueError("the last step must be 100 (the canary takes all traffic before promotion)")
+        if any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError(f"steps must increase, got {steps}")
+        return steps
+
+
 class AlertsConfig(_Model):
     """Who hears about a run that needs a person: a candidate NOT BLESSED (and, later, production alerts)."""
 
@@ -413,6 +518,308 @@ class AirflowConfig(_Model):
     tags: list[str] = []
 
 
+class QuotaLimits(_Model):
+    """How much may be held at once (cores, memory, accelerators) and spent per window (core-/GPU-hours).
+    An unset resource is not limited."""
+
+    cpu: float | None = Field(None, ge=0, description="Cores held at once.")
+    memory_gib: float | None = Field(None, ge=0, description="Memory held at once, GiB.")
+    gpu: float | None = Field(None, ge=0, description="GPUs (accelerators) held at once.")
+    cpu_hours: float | None = Field(None, ge=0, description="Core-hours spent per `quota.window_hours`.")
+    gpu_hours: float | None = Field(None, ge=0, description="GPU-hours spent per `quota.window_hours`.")
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.model_dump().items() if value is not None}
+
+
+class StageQuotaRequest(_Model):
+    """What one worker of one instance of a stage asks for; the check multiplies by workers and parallel trials."""
+
+    cpu: float = Field(1, gt=0, description="Cores per worker.")
+    memory_gib: float = Field(gt=0, description="Memory per worker, GiB.")
+    gpu: int = Field(0, ge=0, description="GPUs (accelerators) per worker.")
+    expected_minutes: float = Field(
+        gt=0,
+        description="Duration that core-/GPU-hours are charged for, until the usage history has `history.min_runs` "
+        "runs of this stage (then its measured percentile is used).",
+    )
+    on_refusal: Literal["fail", "defer"] | None = Field(None, description="Overrides `quota.on_refusal`.")
+    wait_timeout_minutes: float | None = Field(None, gt=0, description="Overrides `quota.wait_timeout_minutes`.")
+
+    def per_worker(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "memory_gib": self.memory_gib, "gpu": float(self.gpu)}
+
+
+class GcpQuotaConfig(_Model):
+    """Google Cloud quotas the stages draw on, read through providers-google."""
+
+    project_id: str
+    region: str
+    gcp_conn_id: str = "google_cloud_default"
+    impersonation_chain: list[str] | None = None
+    service: Literal["vertex_ai", "compute_engine"] = Field(
+        "vertex_ai",
+        description="Vertex AI custom training quotas (execution.mode vertex_ai), or Compute Engine regional quotas "
+        "(GKE nodes, VMs).",
+    )
+    accelerator_type: str = Field("NVIDIA_TESLA_T4", description="The accelerator `gpu` requests are counted as.")
+
+
+class QuotaLedgerConfig(_Model):
+    conn_id: str = Field(
+        "tfpipe_quota_ledger", description="Airflow connection of the ledger's database (sqlite or postgres)."
+    )
+    sqlite_fallback: OptionalPathOrUri = Field(
+        None,
+        description="SQLite file used, with a warning, when `conn_id` is not defined (the embedded default); "
+        "unset: a missing connection is an error.",
+    )
+
+
+class QuotaHistoryConfig(_Model):
+    percentile: float = Field(90, gt=0, le=100, description="Percentile of measured runs used as the estimate.")
+    min_runs: int = Field(3, ge=1, description="Fewer measured runs: the configured expected_minutes is used.")
+    max_runs: int = Field(50, ge=1, description="Only the latest runs count.")
+
+
+class QuotaConfig(_Model):
+    """Compute quota: a shared budget, this pipeline's cap, what each heavy stage asks for, and what a refusal does."""
+
+    provider: Literal["local", "gcp"] = Field("local", description="Whose real capacity is checked first.")
+    gcp: GcpQuotaConfig | None = None
+    ledger: QuotaLedgerConfig = QuotaLedgerConfig()
+    budget: QuotaLimits = Field(description="Shared by every pipeline on the ledger: declare the same in each config.")
+    pipeline_cap: QuotaLimits = Field(description="The most this pipeline may hold, even when the budget has room.")
+    window_hours: float = Field(24, gt=0, description="Window of the core-/GPU-hours limits (rolling).")
+    lease_seconds: float = Field(
+        300,
+        ge=1,
+        description="A running stage renews its reservation every third of this; a killed one frees it this long "
+        "after its last renewal.",
+    )
+    start_within_minutes: float = Field(
+        60,
+        gt=0,
+        description="How long a granted reservation waits for its stage to start (a pool slot, a retry) before it "
+        "lapses.",
+    )
+    on_refusal: Literal["fail", "defer"] = Field(
+        "defer", description="fail: at once, saying what was asked, what is free and who holds the rest; defer: wait."
+    )
+    wait_timeout_minutes: float = Field(120, gt=0, description="How long a deferred check waits before it fails.")
+    poll_seconds: float = Field(30, gt=0, description="How often a deferred check asks again (in the triggerer).")
+    alert_share: float = Field(0.8, gt=0, le=1, description="Alert once when use passes this share of a limit.")
+    metrics_path: OptionalPathOrUri = Field(
+        None, description="Prometheus textfile (node_exporter format) rewritten after each change; unset: none."
+    )
+    pool: str = Field(
+        "tfpipe_compute",
+        description="Airflow pool of guarded stages that have none; one slot per core, sized from budget.cpu.",
+    )
+    history: QuotaHistoryConfig = QuotaHistoryConfig()
+    stages: dict[Slug, StageQuotaRequest] = Field(
+        {}, description="Requests by stage: validate, tune_trial, train (per worker), evaluate, serve, ..."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuotaConfig:
+        if self.provider == "gcp" and self.gcp is None:
+            raise ValueError("provider is 'gcp' but the quota.gcp section is missing")
+        budget, cap = self.budget.as_dict(), self.pipeline_cap.as_dict()
+        above = sorted(name for name, value in cap.items() if name in budget and value > budget[name])
+        if above:
+            raise ValueError(f"pipeline_cap is above the shared budget for {above}: the cap could never be reached")
+        for stage, request in self.stages.items():
+            for name, value in request.per_worker().items():
+                limit = min(budget.get(name, math.inf), cap.get(name, math.inf))
+                if value > limit:
+                    raise ValueError(
+                        f"stages.{stage} asks for {name} {value:g} per worker, more than the budget or cap allows "
+                        f"({limit:g}): it could never run"
+                    )
+        return self
+
+    def request_for(self, stage: str) -> StageQuotaRequest:
+        if stage not in self.stages:
+            raise KeyError(f"quota.stages has no request for {stage!r} (configured: {sorted(self.stages)})")
+        return self.stages[stage]
+
+
+# An optional name: an empty value (an unset ${VARIABLE:-}) means "not configured".
+OptionalText = Annotated[str | None, BeforeValidator(lambda value: None if value == "" else value)]
+
+
+class MonitoredFeature(_Model):
+    """Skew or drift thresholds of one feature in the monitoring DAG: Jensen-Shannon divergence (numeric)
+    or L-infinity distance (categorical), as in `validation`."""
+
+    threshold: float | None = Field(description="Above this an alert is raised; None: this feature is not compared.")
+    retrain: float | None = Field(
+        None, description="Above this the monitoring DAG also asks for retraining (the retraining asset event)."
+    )
+    severity: Literal["critical", "warning"] = "warning"
+
+    @model_validator(mode="after")
+    def _retrain_above_alert(self) -> MonitoredFeature:
+        if self.retrain is not None and self.threshold is not None and self.retrain < self.threshold:
+            raise ValueError(
+                f"retrain ({self.retrain}) is below threshold ({self.threshold}): it would retrain without alerting"
+            )
+        return self
+
+
+class MonitoredComparison(_Model):
+    min_examples: int = Field(
+        200, ge=1, description="Fewer logged rows of a version in a window: its distances are noise, not judged."
+    )
+    features: dict[str, MonitoredFeature] = {}
+
+
+class DataQualityMonitoring(_Model):
+    """Missing, corrupted and out-of-domain values of the features the server was sent, per version."""
+
+    max_missing_increase: float = Field(
+        0.10, ge=0, le=1, description="Missing share above the training data's own share by more than this."
+    )
+    max_out_of_domain_share: float = Field(
+        0.01, ge=0, le=1, description="Values outside the schema's domain (range, known categories)."
+    )
+    max_corrupted_share: float = Field(
+        0.001, ge=0, le=1, description="Logged values of the wrong type or not finite (the log is not trusted)."
+    )
+    max_rejected_share: float = Field(
+        0.05, ge=0, le=1, description="Requests the server refused as malformed (4xx), from its metrics."
+    )
+    min_examples: int = Field(100, ge=1)
+
+
+class PredictionMonitoring(_Model):
+    max_drift: float = Field(
+        0.10, ge=0, le=1, description="Jensen-Shannon divergence of the window's predictions from the evaluation set's."
+    )
+    retrain_drift: float | None = Field(None, ge=0, le=1, description="Prediction drift that asks for retraining.")
+    max_positive_share_change: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="Quality proxy without labels: absolute change of the share of trips predicted big tippers, "
+        "against the evaluation set at training time and against the previous window.",
+    )
+    min_examples: int = Field(200, ge=1)
+
+
+class ServiceMonitoring(_Model):
+    max_p50_ms: float = Field(25.0, gt=0, description="Median request latency, per version.")
+    max_p99_ms: float = Field(150.0, gt=0, description="99th percentile request latency, per version.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of requests answered 5xx, per version.")
+    min_requests: int = Field(100, ge=1, description="Fewer requests of a version in a window: not judged.")
+
+
+class OutageMonitoring(_Model):
+    probe_timeout_seconds: float = Field(5.0, gt=0, description="GET /readyz and /metrics give up after this.")
+    expect_traffic: Literal["learned", "always", "never"] = Field(
+        "learned",
+        description="When a window without predictions is an outage: learned from the previous windows' traffic, "
+        "always, or never.",
+    )
+    expected_min_requests: int = Field(
+        100, ge=1, description="Previous windows averaging at least this many requests mean traffic is expected."
+    )
+    min_traffic_share: float = Field(
+        0.1, ge=0, le=1, description="Fewer successful predictions than this share of the expected traffic: outage."
+    )
+    history_windows: int = Field(6, ge=1, description="Previous windows the expected traffic is learned from.")
+    max_gap_minutes: float = Field(
+        10.0, gt=0, description="Longest stretch without a logged prediction inside a window that has traffic."
+    )
+
+
+class LabelMonitoring(_Model):
+    """The real AUC once labels arrive: served trips are joined to labelled trips by a fingerprint of their features."""
+
+    uri: OptionalPathOrUri = Field(
+        None, description="Labelled trips (CSV file or folder, searched recursively); unset: the landing area."
+    )
+    lookback_hours: float = Field(
+        24 * 45, gt=0, description="How long after a window its labels may still arrive and be joined."
+    )
+    min_labeled: int = Field(200, ge=1, description="Fewer joined trips of a version in a window: AUC not judged.")
+    min_auc: float | None = Field(
+        None, ge=0, le=1, description="Unset: evaluation.thresholds.overall.auc.min, when configured."
+    )
+    max_auc_drop: float = Field(0.03, ge=0, le=1, description="Below the AUC measured at training time by more.")
+
+
+class TrainingHealthMonitoring(_Model):
+    max_duration_ratio: float = Field(
+        2.0, gt=1, description="A training run slower than this many times the median of the previous ones."
+    )
+    history_runs: int = Field(10, ge=1)
+    min_history: int = Field(3, ge=1, description="Fewer previous training runs: the duration is not judged.")
+    alert_on_failed_runs: bool = Field(True, description="Alert when training runs failed since the last window.")
+    max_quota_utilization: float = Field(
+        0.9, gt=0, le=1, description="Used share of a quota limit (the quota ledger's metrics export)."
+    )
+
+
+class MonitoringAlertsConfig(_Model):
+    """Where alerts go (each channel only when configured) and how often the same alert may repeat."""
+
+    cooldown_minutes: float = Field(
+        240, ge=0, description="The same alert is not sent again sooner; a rise to critical is sent at once."
+    )
+    email: bool = Field(True, description="Send to `alerts.email` through `alerts.smtp_conn_id` (when recipients).")
+    slack_conn_id: OptionalText = Field(
+        None, description="Airflow connection holding a Slack incoming-webhook URL (host, or password as the URL)."
+    )
+    webhook_conn_id: OptionalText = Field(
+        None, description="Airflow connection of a generic JSON webhook (host = URL, password = bearer token)."
+    )
+    report_base_url: OptionalText = Field(
+        None,
+        description="Prefix of report links in alerts (e.g. https://airflow.example.com/tfpipe/artifacts); unset: "
+        "the artifact viewer under Airflow's [api] base_url, else the report's URI.",
+    )
+    runbook_url: str = Field(
+        "docs/runbook.md", description="The runbook; each alert links to its section (#anchor) in it."
+    )
+
+
+class MonitoringConfig(_Model):
+    """The monitoring DAG: the model server's request log and metrics, per window, against the training data."""
+
+    schedule: str = Field("@hourly", description="Cron expression or preset; each run monitors its data interval.")
+    start_date: dt.datetime = Field(
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC), description="The first window; earlier ones are never scheduled."
+    )
+    request_log_dir: OptionalPathOrUri = Field(
+        None, description="The server's request log folder; unset: serving.local.request_log.dir."
+    )
+    state_uri: OptionalPathOrUri = Field(
+        None, description="Window summaries, statistics and caches; unset: <artifacts.root>/<pipeline>/monitoring."
+    )
+    sample_mib: float = Field(
+        128,
+        gt=0,
+        description="JSON read per window at most; a larger window is read as an even sample of whole blocks "
+        "(statistics, latency and rates are estimated from it and say so).",
+    )
+    skew: MonitoredComparison = MonitoredComparison()
+    drift: MonitoredComparison = MonitoredComparison()
+    data_quality: DataQualityMonitoring = DataQualityMonitoring()
+    predictions: PredictionMonitoring = PredictionMonitoring()
+    service: ServiceMonitoring = ServiceMonitoring()
+    outage: OutageMonitoring = OutageMonitoring()
+    labels: LabelMonitoring = LabelMonitoring()
+    training: TrainingHealthMonitoring = TrainingHealthMonitoring()
+    alerts: MonitoringAlertsConfig = MonitoringAlertsConfig()
+
+    @field_validator("start_date")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 class PipelineConfig(_Model):
     pipeline: Slug
     description: str = ""
@@ -423,9 +830,13 @@ class PipelineConfig(_Model):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig | None = None
     registry: RegistryConfig | None = None
+    serving: ServingConfig | None = None
+    rollout: RolloutConfig = RolloutConfig()
     execution: ExecutionConfig
     alerts: AlertsConfig = AlertsConfig()
     airflow: AirflowConfig = AirflowConfig()
+    quota: QuotaConfig | None = Field(None, description="Compute quota checks before heavy stages; unset: none.")
+    monitoring: MonitoringConfig | None = Field(None, description="The monitoring DAG; unset: no monitoring.")
     source_path: str | None = Field(None, description="The file this config was loaded from (set by the loader).")
 
 

@@ -51,7 +51,13 @@ print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": list(bag.import_errors
 
 def test_training_dag_is_monthly_backfillable_and_takes_a_data_uri(dagbag):
     dag = dagbag.dags["chicago_taxi_training"]
-    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    # A monthly timetable (backfills), or an asset event: a span landed, or monitoring asked for retraining.
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert type(dag.timetable.timetable).__name__ == "CronDataIntervalTimetable"
+    assert {asset.uri for asset in dag.timetable.asset_condition.objects} == {
+        "tfpipe://chicago_taxi/spans",
+        "tfpipe://chicago_taxi/retraining",
+    }
     assert dag.start_date == dt.datetime(2013, 1, 1, tzinfo=dt.UTC)
     assert dag.catchup is False
     assert "data_uri" in dag.params and dag.params["data_uri"] is None
@@ -65,6 +71,7 @@ def _render(task, **context):
     dag = task.dag
     base = {
         "params": {"data_uri": None},
+        "triggering_asset_events": {},
         "run_id": "scheduled__2013-02-01T00:00:00+00:00",
         "ti": SimpleNamespace(task_id=task.task_id, map_index=-1),
         **dag.user_defined_macros,
@@ -166,3 +173,139 @@ def test_a_required_approval_adds_a_human_step_whose_answer_is_recorded(monkeypa
     record = dag.get_task("record_approval")
     assert record.stage == "register" and "tfpipe_approval(ti.xcom_pull" in record.arguments["approval"]
     assert record.arguments["run_key"] == dag.get_task("register_model").arguments["run_key"], "same MLflow run"
+
+
+# Deployment: canary rollout after the gate, the champion after the rollout, and the rollback DAG.
+
+
+def test_the_blessed_candidate_rolls_out_as_a_canary_then_becomes_champion(dagbag):
+    from tfpipe.config import load_pipeline_config
+
+    config = load_pipeline_config(DAGS_FOLDER / "configs" / "chicago_taxi.yaml")
+    dag = dagbag.dags["chicago_taxi_training"]
+    canary = dag.get_task("canary_rollout")
+    assert type(canary).__name__ == "CanaryRolloutOperator"
+    # Upstream: the gate, register_model whose result it reads, and its quota check (serving capacity).
+    # Nothing moves traffic unless blessed.
+    assert canary.upstream_task_ids == {"blessing_gate", "register_model", "check_quota_canary_rollout"}
+    # A run gives back one stage's quota before it asks for the next stage's.
+    assert dag.get_task("check_quota_canary_rollout").upstream_task_ids == {
+        "blessing_gate",
+        "register_model",
+        "release_quota_evaluate_model",
+    }
+    assert canary.steps == config.rollout.steps and canary.promote is True
+    assert canary.serving == config.serving and canary.alerts == config.alerts
+    # The version and files register_model registered, not the training folder.
+    assert (canary.version.operator.task_id, canary.version.key) == ("register_model", "model_version")
+    assert (canary.model_uri.operator.task_id, canary.model_uri.key) == ("register_model", "model_uri")
+    assert {link.name for link in canary.operator_extra_links} == {"Deployment"}
+    assert canary.max_active_tis_per_dag == 1, "one rollout at a time across runs"
+
+    promote = dag.get_task("promote_champion")
+    assert promote.stage == "promote" and promote.upstream_task_ids == {"canary_rollout", "register_model"}
+    assert promote.arguments["model_name"] == config.evaluation.model_name
+    assert promote.arguments["run_key"] == dag.get_task("register_model").arguments["run_key"]
+    assert (promote.arguments["version"].operator.task_id, promote.arguments["version"].key) == (
+        "register_model",
+        "model_version",
+    )
+
+
+def test_with_a_required_approval_the_canary_waits_for_the_recorded_approval(monkeypatch):
+    monkeypatch.setenv("TFPIPE_APPROVAL", "required")
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["chicago_taxi_training"]
+    upstream = {"record_approval", "register_model", "check_quota_canary_rollout"}
+    assert dag.get_task("canary_rollout").upstream_task_ids == upstream
+
+
+@pytest.fixture
+def widening_dagbag(monkeypatch):
+    """The training DAG with `rollout.approval_above_percent: 25` (the shipped config has none)."""
+    monkeypatch.setenv("TFPIPE_ROLLOUT_APPROVAL_ABOVE", "25")
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    assert bag.import_errors == {}
+    return bag
+
+
+def test_widening_past_the_approval_step_waits_for_a_person_and_a_rejection_rolls_back(widening_dagbag):
+    dag = widening_dagbag.dags["chicago_taxi_training"]
+    first, widen = dag.get_task("canary_rollout"), dag.get_task("canary_rollout_widen")
+    assert (first.steps, first.promote) == ([10, 25], False)
+    assert (widen.steps, widen.promote) == ([50, 100], True)
+
+    approve = dag.get_task("approve_widening")
+    assert type(approve).__name__ == "ApprovalOperator" and approve.upstream_task_ids == {"canary_rollout"}
+    assert approve.defaults == ["Reject"], "no answer in time rolls the canary back"
+    record = dag.get_task("record_widening_approval")
+    assert record.stage == "register" and "approve_widening" in record.upstream_task_ids
+    assert "tfpipe_widening_approval(ti.xcom_pull(task_ids='approve_widening'), 25)" in record.arguments["approval"]
+    assert widen.upstream_task_ids == {"record_widening_approval", "register_model"}
+    assert dag.get_task("promote_champion").upstream_task_ids == {"canary_rollout_widen", "register_model"}
+
+    # Reject skips the task right after the approval; only then does the abort run.
+    abort = dag.get_task("abort_canary")
+    assert type(abort).__name__ == "RollbackDeploymentOperator" and abort.version is None
+    assert abort.upstream_task_ids == {"record_widening_approval"} and abort.trigger_rule == "all_skipped"
+
+
+def test_the_widening_approval_is_recorded_next_to_the_first_one():
+    from tfpipe_airflow.operators.rollout import widening_approval_record
+
+    response = {
+        "chosen_options": ["Approve"],
+        "responded_by_user": {"id": "3", "name": "alice"},
+        "responded_at": dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC),
+    }
+    assert json.loads(widening_approval_record(response, 25)) == {
+        "widen_above_25.approved_at": "2026-05-01 12:00:00+00:00",
+        "widen_above_25.approver": "alice",
+        "widen_above_25.approver_id": "3",
+        "widen_above_25.decision": "Approve",
+    }
+
+
+def test_the_rollback_dag_is_a_form_of_target_and_reason(dagbag):
+    dag = dagbag.dags["chicago_taxi_rollback"]
+    assert type(dag.timetable).__name__ == "NullTimetable" and dag.max_active_runs == 1
+    assert dag.params["target_version"] == "", "empty: the previous champion"
+    reason = dag.params.get_param("reason")
+    assert reason.schema["type"] == "string" and reason.schema["minLength"] >= 1
+    assert not reason.has_value, "the form requires a reason"
+    for upstream, downstream in itertools.pairwise(["resolve_target", "rollback_traffic", "record_rollback"]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+    assert dag.get_task("resolve_target").stage == "rollback-target"
+    assert type(dag.get_task("rollback_traffic")).__name__ == "RollbackDeploymentOperator"
+    assert dag.get_task("record_rollback").stage == "record-rollback"
+
+
+def test_the_rollback_records_who_triggered_it_and_why(dagbag):
+    dag = dagbag.dags["chicago_taxi_rollback"]
+    task = dag.get_task("record_rollback").prepare_for_execution()
+    task.arguments = {k: v for k, v in task.arguments.items() if isinstance(v, str)}  # drop upstream XComArgs
+    task = _render(
+        task,
+        params={"target_version": " 3 ", "reason": "tips are off for card payments"},
+        dag_run=SimpleNamespace(triggering_user_name="alice", run_type="manual"),
+        run_id="manual__2026-05-01T12:00:00+00:00",
+    )
+    assert task.arguments["actor"] == "alice"
+    assert task.arguments["reason"] == "tips are off for card payments"
+    assert task.arguments["run_key"] == "manual__2026-05-01T12_00_00_00_00"
+    assert task.result_uri.endswith(
+        "/chicago_taxi/rollbacks/run=manual__2026-05-01T12_00_00_00_00/_stage_results/record_rollback.json"
+    )
+    resolve = _render(
+        dag.get_task("resolve_target").prepare_for_execution(),
+        params={"target_version": " 3 ", "reason": "x"},
+        dag_run=SimpleNamespace(triggering_user_name=None, run_type="manual"),
+    )
+    assert resolve.arguments["version"] == "3"
+    move = dag.get_task("rollback_traffic").prepare_for_execution()
+    move.version = move.model_uri = None  # upstream XComArgs
+    move = _render(
+        move,
+        params={"target_version": "", "reason": "x"},
+        dag_run=SimpleNamespace(triggering_user_name=None, run_type="manual"),
+    )
+    assert move.actor == "airflow manual", "a run without a user says how it was started"

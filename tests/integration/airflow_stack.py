@@ -91,6 +91,13 @@ class AirflowStack:
             "TFPIPE_ARTIFACT_ROOT": str(self.artifacts),
             "TFPIPE_ML_PYTHON": str(ML_PYTHON),
             "TFPIPE_PROJECT_ROOT": str(PROJECT_ROOT),
+            # The stack's own registry, and no model server unless a test starts one: nothing here may touch
+            # the demo's registry or a server someone runs on the default port.
+            "MLFLOW_TRACKING_URI": str(root / "mlflow" / "mlflow.db"),
+            "TFPIPE_MLFLOW_ARTIFACT_ROOT": str(root / "mlflow" / "artifacts"),
+            "AIRFLOW_CONN_TFPIPE_MODEL_SERVER": f"http://:unused@127.0.0.1:{free_port()}",
+            "TFPIPE_QUOTA_LEDGER_SQLITE": str(root / "quota" / "ledger.db"),
+            "TFPIPE_QUOTA_METRICS": str(root / "quota" / "metrics" / "tfpipe_quota.prom"),
             **({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn} if sql_alchemy_conn else {}),
             **(extra_env or {}),
         }

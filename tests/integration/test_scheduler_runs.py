@@ -1,6 +1,6 @@
 """The training DAG under a real scheduler: a backfill over three spans, then a cleared task rerun.
 
-Airflow 3 runs backfills in the scheduler, so this starts the api-server, scheduler and
+Airflow 3 runs backfills in the scheduler, so this starts the api-server, scheduler, triggerer and
 dag-processor on a fresh metadata database, as `airflow standalone` would.
 """
 
@@ -30,6 +30,14 @@ AFTER_INGEST = {
     "evaluate_model",
     "register_model",
     "blessing_gate",
+    "canary_rollout",
+    "promote_champion",
+}
+# Each heavy stage's quota check (a setup task) and release (its teardown).
+QUOTA = {
+    f"{kind}_quota_{stage}"
+    for kind in ("check", "release")
+    for stage in ("validate_examples", "tune_model", "train_model", "evaluate_model", "canary_rollout")
 }
 TRAINING = AFTER_INGEST - {"split_examples", "validate_examples", "enough_history"}
 FINISHED = ("success", "failed", "skipped", "upstream_failed")
@@ -43,7 +51,8 @@ def stack(tmp_path_factory):
         stack.land_sample()
         stack.airflow("db", "migrate")
         stack.import_pools()
-        stack.start("api-server", "dag-processor", "scheduler")
+        # The triggerer resumes deferred tasks: a quota check waits deferred while other runs hold the cores.
+        stack.start("api-server", "dag-processor", "scheduler", "triggerer")
         stack.wait_for(lambda: DAG_ID in stack.airflow("dags", "list", "-o", "plain"), timeout=180, what="DAG parsed")
         stack.airflow("dags", "unpause", DAG_ID)
         yield stack
@@ -124,7 +133,7 @@ def test_clearing_a_finished_task_reruns_it_into_the_same_artifacts(stack):
             "dry_run": False,
         },
     )
-    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", *AFTER_INGEST}
+    assert {ti["task_id"] for ti in cleared["task_instances"]} == {"ingest_examples", *AFTER_INGEST, *QUOTA}
 
     def rerun_finished():
         states = stack.task_states(DAG_ID, run["dag_run_id"])

@@ -16,6 +16,7 @@ file (model files next to it unless an artifact root is given), `http(s)://` an 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import json
 import logging
@@ -52,6 +53,11 @@ SERVED_TAG = "tfpipe.served"
 BLESSING_TAG = "tfpipe.blessing"
 APPROVAL_TAG_PREFIX = "tfpipe.approval."
 PARAMS_CHANGED_TAG = "tfpipe.params_changed"
+# On the registered model: every change of champion (promotions and rollbacks), as JSON, newest last.
+HISTORY_TAG = "tfpipe.deployment_history"
+HISTORY_LENGTH = 20
+# MLflow refuses longer tag values on some stores.
+HISTORY_MAX_CHARS = 5000
 # Lineage fields, each kept as the run tag `tfpipe.<field>`.
 LINEAGE_FIELDS = (
     "data_span",
@@ -454,19 +460,131 @@ class ModelRegistry:
         return version
 
     @_talks_to_mlflow("promote the champion")
-    def promote_to_champion(self, model_name: str, version: str) -> None:
-        """Make a version the champion, and mark it as one that has served."""
-        version = str(version)
+    def promote_to_champion(
+        self, model_name: str, version: str, *, actor: str = "", run_key: str = "", reason: str = "promoted"
+    ) -> str | None:
+        """Make a version the champion, mark it as one that has served, and append the change to the
+        model's deployment history. Returns the previous champion (None if there was none).
+
+        Idempotent per run key: a retried task that already recorded its change records nothing twice."""
+        return self._move_champion(
+            model_name, str(version), event="promote", actor=actor, run_key=run_key, reason=reason
+        )
+
+    @_talks_to_mlflow("record the rollback")
+    def record_rollback(self, model_name: str, version: str, *, actor: str, reason: str, run_key: str) -> str | None:
+        """Point `champion` back at `version` after traffic moved to it, recording who, when and why."""
+        if not reason.strip():
+            raise StageError("a rollback needs a reason")
+        return self._move_champion(
+            model_name, str(version), event="rollback", actor=actor, run_key=run_key, reason=reason
+        )
+
+    def _require_version(self, model_name: str, version: str, purpose: str = "") -> None:
         try:
             self.client.get_model_version(model_name, version)
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise StageError(f"{model_name} has no version {version}") from exc
+                raise StageError(f"{model_name!r} has no version {version}{purpose}") from exc
             raise
+
+    def _move_champion(self, model_name: str, version: str, *, event: str, actor: str, run_key: str, reason: str):
+        self._require_version(model_name, version)
+        history = self.deployment_history(model_name)
+        if run_key and any(entry.get("run_key") == run_key and entry.get("event") == event for entry in history):
+            done = next(e for e in history if e.get("run_key") == run_key and e.get("event") == event)
+            log.info("run key %s already recorded its %s to version %s", run_key, event, done["version"])
+            return done.get("previous")
+        previous = self.client.get_registered_model(model_name).aliases.get(CHAMPION)
+        previous = str(previous) if previous is not None else None
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        entry = {
+            "event": event,
+            "version": version,
+            "previous": previous,
+            "at": now,
+            "by": actor or "unknown",
+            "reason": reason,
+            "run_key": run_key,
+        }
         # Marked first: a champion is never left without the mark that makes its loss noticeable.
         self.client.set_model_version_tag(model_name, version, SERVED_TAG, "true")
+        done = "promoted" if event == "promote" else "restored"
+        self.client.set_model_version_tag(model_name, version, f"tfpipe.{done}_at", now)
+        self.client.set_model_version_tag(model_name, version, f"tfpipe.{done}_by", entry["by"])
+        if event == "rollback":
+            self.client.set_model_version_tag(model_name, version, "tfpipe.rollback_reason", reason)
+            if previous is not None and previous != version:
+                self.client.set_model_version_tag(model_name, previous, "tfpipe.rolled_back_at", now)
+                self.client.set_model_version_tag(model_name, previous, "tfpipe.rolled_back_reason", reason)
         self.client.set_registered_model_alias(model_name, CHAMPION, version)
-        log.info("version %s of %s is the champion", version, model_name)
+        # The history is kept on the registered model, newest last, bounded to stay within tag limits.
+        history = [*history, entry][-HISTORY_LENGTH:]
+        text = json.dumps(history, separators=(",", ":"))
+        while len(text) > HISTORY_MAX_CHARS and len(history) > 1:
+            history = history[1:]
+            text = json.dumps(history, separators=(",", ":"))
+        self.client.set_registered_model_tag(model_name, HISTORY_TAG, text)
+        log.info(
+            "version %s of %s is the champion (%s by %s; before: %s)", version, model_name, event, entry["by"], previous
+        )
+        return previous
+
+    @_talks_to_mlflow("read the deployment history")
+    def deployment_history(self, model_name: str) -> list[dict[str, Any]]:
+        """Every change of champion, oldest first: event, version, previous, at, by, reason, run_key."""
+        try:
+            registered = self.client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+        text = registered.tags.get(HISTORY_TAG)
+        if not text:
+            return []
+        try:
+            history = json.loads(text)
+        except json.JSONDecodeError:
+            log.warning("the deployment history of %s is not JSON; starting a new one", model_name)
+            return []
+        return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
+
+    @_talks_to_mlflow("find the rollback target")
+    def rollback_target(self, model_name: str, version: str | None = None) -> Baseline:
+        """The version a rollback moves traffic to: `version`, or by default the champion before the current one."""
+        champion = self.find_baseline(model_name)
+        if not version:
+            current = champion.version
+            earlier = [
+                entry["version"]
+                for entry in self.deployment_history(model_name)
+                if entry.get("version") and entry["version"] != current
+            ]
+            if not earlier:
+                raise StageError(
+                    f"{model_name!r} has no previous champion to roll back to"
+                    + (f" (version {current} is the only one that has served)" if current else "")
+                    + ": name a target version"
+                )
+            version = earlier[-1]
+        version = str(version)
+        self._require_version(model_name, version, " to roll back to")
+        model_uri = self.model_uri(model_name, version)
+        return Baseline("rollback_target", version, model_uri, f"roll back to version {version} of {model_name!r}")
+
+    @_talks_to_mlflow("find the model files")
+    def model_uri(self, model_name: str, version: str) -> str:
+        """Where TensorFlow can load a registered version's SavedModel (a local path or gs://)."""
+        source = self.client.get_model_version_download_uri(model_name, str(version))
+        model_uri = _loadable_uri(source)
+        if model_uri is None:
+            raise StageError(
+                f"version {version} of {model_name!r} is stored at {source}, which TensorFlow cannot read: "
+                "give the experiment a local or gs:// artifact root"
+            )
+        if not artifacts.exists(artifacts.join(model_uri, SAVED_MODEL_FILE)):
+            raise DataError(f"version {version} of {model_name!r} has no SavedModel at {model_uri}")
+        return model_uri
 
     @_talks_to_mlflow("look up the champion")
     def find_baseline(self, model_name: str) -> Baseline:

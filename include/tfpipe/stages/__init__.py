@@ -49,6 +49,21 @@ STAGES: dict[str, tuple[str, str]] = {
     "select-trial": ("tfpipe.stages.select_trial", "pick the tuning trial with the best validation metric"),
     "evaluate": ("tfpipe.stages.evaluate", "sliced TFMA evaluation against the champion and the blessing gate"),
     "register": ("tfpipe.stages.register", "record lineage in MLflow and register a blessed model as challenger"),
+    "serve": ("tfpipe.stages.serve", "run the model server (TF Serving's REST API, canary split) until stopped"),
+    "sabotage-model": (
+        "tfpipe.stages.sabotage_model",
+        "write a broken copy of a model (constant or failing) for canary drills",
+    ),
+    "promote": ("tfpipe.stages.promote", "make the version that serves all traffic the registry's champion"),
+    "rollback-target": (
+        "tfpipe.stages.rollback_target",
+        "the version a rollback moves to (default: previous champion)",
+    ),
+    "record-rollback": ("tfpipe.stages.record_rollback", "record a rollback (who, when, why) and move the champion"),
+    "monitor": (
+        "tfpipe.stages.monitor",
+        "judge one window of served traffic: skew, drift, data quality, latency, outages, quality; alerts",
+    ),
 }
 
 log = logging.getLogger("tfpipe.stage")

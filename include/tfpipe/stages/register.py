@@ -105,9 +105,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         blessing=blessing,
         approval=_approval(args.approval),
     )
-    version = None
+    version = served_uri = None
     if blessed:
         version = registry.register_candidate(args.model_name, run_id, args.run_key, args.model_uri)
+        # What is served is the registered copy, so the registry alone can bring it back.
+        served_uri = registry.model_uri(args.model_name, version)
         log.info("%s version %s is the %s", args.model_name, version, CHALLENGER)
     else:
         reasons = "; ".join(str(reason) for reason in blessing.get("reasons") or []) or "no reason given"
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mlflow_run_id": run_id,
         "model_version": version,
+        "model_uri": served_uri,
         "alias": CHALLENGER if version else None,
         "blessed": blessed,
         "tracking_uri": registry.tracking_uri,

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 REPORT_XCOM_KEY = "report_uri"
 # Stages whose result names a report for people; other stages are not asked (a missing XCom is an
 # error line in the task log).
-STAGES_WITH_REPORTS = frozenset({"validate", "evaluate"})
+STAGES_WITH_REPORTS = frozenset({"validate", "evaluate", "monitor"})
 ARTIFACT_ROOT_ENV = "TFPIPE_ARTIFACT_ROOT"
 # The viewer's FastAPI app is mounted at VIEWER_URL_PREFIX and serves files under ARTIFACTS_ROUTE.
 VIEWER_URL_PREFIX = "/tfpipe"

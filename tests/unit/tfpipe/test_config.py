@@ -116,3 +116,61 @@ def test_relative_paths_resolve_against_the_given_base(tmp_path):
 def test_bare_interpreter_name_is_left_for_path_lookup():
     execution = ExecutionConfig.model_validate({"local": {"python": "python3"}})
     assert execution.local.python == "python3"
+
+
+# -- quota --------------------------------------------------------------------------------------------
+def test_the_shipped_quota_section_loads_with_its_ledger_under_the_project(monkeypatch):
+    for name in (
+        "TFPIPE_QUOTA_PROVIDER",
+        "TFPIPE_QUOTA_LEDGER_CONN",
+        "TFPIPE_QUOTA_LEDGER_SQLITE",
+        "TFPIPE_PROJECT_ROOT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    quota = load_pipeline_config(CONFIG_PATH).quota
+    assert quota is not None and quota.provider == "local"
+    assert quota.ledger.conn_id == "tfpipe_quota_ledger"
+    assert quota.ledger.sqlite_fallback == str(PROJECT_ROOT / "state" / "quota" / "ledger.db")
+    assert quota.budget.as_dict() == {"cpu": 2, "memory_gib": 16, "gpu": 0, "cpu_hours": 24}
+    assert quota.alert_share == 0.8 and quota.on_refusal == "defer"
+    assert set(quota.stages) == {"validate", "tune_trial", "train", "evaluate", "serve"}
+    assert quota.request_for("serve").on_refusal == "fail"
+    with pytest.raises(KeyError, match="no request for 'ingest'"):
+        quota.request_for("ingest")
+
+
+def test_a_quota_for_google_cloud_needs_its_section(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFPIPE_QUOTA_PROVIDER", "gcp")
+    assert load_pipeline_config(CONFIG_PATH).quota.gcp.service == "vertex_ai"
+    document = _valid()
+    document["quota"]["provider"] = "gcp"
+    del document["quota"]["gcp"]
+    with pytest.raises(ConfigError, match=r"quota: provider is .gcp. but the quota\.gcp section is missing"):
+        load_pipeline_config(_write(tmp_path, document))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"pipeline_cap": {"cpu": 4}}, "pipeline_cap is above the shared budget for ['cpu']"),
+        (
+            {"stages": {"train": {"cpu": 1, "memory_gib": 64, "expected_minutes": 20}}},
+            "stages.train asks for memory_gib 64 per worker, more than the budget or cap allows (12)",
+        ),
+        ({"budget": {"cpus": 2}}, "quota.budget.cpus: unknown key"),
+        ({"alert_share": 1.5}, "quota.alert_share: Input should be less than or equal to 1"),
+        ({"on_refusal": "retry"}, "quota.on_refusal: Input should be 'fail' or 'defer'"),
+    ],
+)
+def test_quota_mistakes_are_named(tmp_path, change, message):
+    document = _valid()
+    document["quota"].update(change)
+    with pytest.raises(ConfigError) as raised:
+        load_pipeline_config(_write(tmp_path, document))
+    assert message in str(raised.value)
+
+
+def test_no_quota_section_means_no_quota(tmp_path):
+    document = _valid()
+    del document["quota"]
+    assert load_pipeline_config(_write(tmp_path, document)).quota is None

@@ -59,12 +59,10 @@ def test_the_link_reads_the_tasks_rendered_arguments():
 def test_the_pool_of_the_training_config_is_what_airflow_imports(tmp_path, capsys):
     assert pools.main([str(PROJECT_ROOT / "dags" / "configs")]) == 0
     imported = json.loads(capsys.readouterr().out)
-    assert imported == {
-        "tfpipe_training": {
-            "slots": 2,
-            "description": "tfpipe training: tuning trials and distributed training workers",
-            "include_deferred": False,
-        }
+    assert imported["tfpipe_training"] == {
+        "slots": 2,
+        "description": "tfpipe training: tuning trials and distributed training workers",
+        "include_deferred": False,
     }
 
 

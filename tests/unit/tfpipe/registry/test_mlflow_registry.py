@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import pytest
 import tensorflow as tf
 
-from tfpipe.errors import DataError, TransientError
+from tfpipe.errors import DataError, StageError, TransientError
 from tfpipe.registry.mlflow_registry import ModelRegistry, metric_name, normalize_tracking_uri
 from tfpipe.stages import RESULT_PREFIX, register
 
@@ -405,3 +405,71 @@ def test_the_stage_command_prints_one_result_line(store, inputs, ml_python):
     assert "is the challenger" in done.stderr
     registry = ModelRegistry(store, experiment=EXPERIMENT)
     assert registry.lineage(MODEL, "1")["run_id"] == result["mlflow_run_id"]
+
+
+def _three_versions(store, inputs) -> ModelRegistry:
+    for key in ("run_a", "run_b", "run_c"):
+        run_register(stage_argv(store, inputs, key))
+    return ModelRegistry(store, experiment=EXPERIMENT)
+
+
+def test_promotions_and_a_rollback_are_recorded_once_each_with_who_when_and_why(store, inputs):
+    registry = _three_versions(store, inputs)
+    assert registry.promote_to_champion(MODEL, "1", actor="pipeline", run_key="r1") is None
+    assert registry.promote_to_champion(MODEL, "2", actor="pipeline", run_key="r2") == "1"
+    # A retried promotion task records nothing twice.
+    assert registry.promote_to_champion(MODEL, "2", actor="pipeline", run_key="r2") == "1"
+    assert registry.record_rollback(MODEL, "1", actor="oncall@example.com", reason="p99 doubled", run_key="rb1") == "2"
+    assert registry.record_rollback(MODEL, "1", actor="oncall@example.com", reason="p99 doubled", run_key="rb1") == "2"
+
+    history = registry.deployment_history(MODEL)
+    assert [(e["event"], e["version"], e["previous"]) for e in history] == [
+        ("promote", "1", None),
+        ("promote", "2", "1"),
+        ("rollback", "1", "2"),
+    ]
+    assert history[-1]["by"] == "oncall@example.com" and history[-1]["reason"] == "p99 doubled"
+    assert history[-1]["at"].endswith("+00:00")
+    assert registry.find_baseline(MODEL).version == "1"
+    rolled_back = registry.client.get_model_version(MODEL, "2").tags
+    assert rolled_back["tfpipe.rolled_back_reason"] == "p99 doubled"
+    assert registry.client.get_model_version(MODEL, "1").tags["tfpipe.restored_by"] == "oncall@example.com"
+
+
+def test_the_default_rollback_target_is_the_previous_champion(store, inputs):
+    registry = _three_versions(store, inputs)
+    with pytest.raises(StageError, match="no previous champion"):
+        registry.rollback_target(MODEL)
+    registry.promote_to_champion(MODEL, "1", run_key="r1")
+    with pytest.raises(StageError, match="version 1 is the only one that has served"):
+        registry.rollback_target(MODEL)
+    registry.promote_to_champion(MODEL, "3", run_key="r3")
+    target = registry.rollback_target(MODEL)
+    assert target.version == "1"
+    assert (Path(target.model_uri) / "saved_model.pb").exists()
+    assert registry.rollback_target(MODEL, "2").version == "2"
+    with pytest.raises(StageError, match="has no version 9 to roll back to"):
+        registry.rollback_target(MODEL, "9")
+    with pytest.raises(StageError, match="needs a reason"):
+        registry.record_rollback(MODEL, "1", actor="a", reason=" ", run_key="x")
+
+
+def test_the_deployment_stages_print_their_results(store, inputs, ml_python):
+    _three_versions(store, inputs)
+
+    def stage(*argv: str) -> dict:
+        done = subprocess.run([ml_python, "-m", "tfpipe", *argv], capture_output=True, text=True, timeout=120)
+        line = next((x for x in done.stdout.splitlines() if x.startswith(("TFPIPE_RESULT ", "TFPIPE_ERROR "))), "")
+        return {"exit": done.returncode, **json.loads(line.split(" ", 1)[1])}
+
+    common = ("--tracking-uri", store, "--model-name", MODEL)
+    assert stage("promote", *common, "--version", "1", "--run-key", "r1")["previous_champion"] is None
+    assert stage("promote", *common, "--version", "2", "--run-key", "r2")["previous_champion"] == "1"
+    target = stage("rollback-target", *common)
+    assert (target["exit"], target["version"], target["champion"]) == (0, "1", "2")
+    recorded = stage(
+        "record-rollback", *common, "--version", "1", "--actor", "ana", "--reason", "drift", "--run-key", "rb"
+    )
+    assert (recorded["exit"], recorded["previous_champion"]) == (0, "2") and recorded["recorded_at"]
+    refused = stage("rollback-target", *common, "--version", "7")
+    assert refused["exit"] == 2 and "no version 7" in refused["message"]

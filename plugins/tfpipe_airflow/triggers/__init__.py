@@ -1,0 +1,1 @@
+"""Triggers of tfpipe's deferrable operators; the triggerer imports them from this installed package."""
