@@ -17,7 +17,10 @@ RUN pip install --no-cache-dir --no-deps /opt/tfpipe/include
 COPY dags/configs /opt/tfpipe/dags/configs
 ENV TFPIPE_PROJECT_ROOT=/opt/tfpipe
 
-RUN useradd --create-home --uid 50000 tfpipe
+# Relative state paths of the config (the model server's request log) resolve under /opt/tfpipe/state;
+# a named volume mounted there starts out with this owner.
+RUN useradd --create-home --uid 50000 tfpipe \
+    && mkdir -p /opt/tfpipe/state && chown tfpipe /opt/tfpipe/state
 USER tfpipe
 WORKDIR /home/tfpipe
 ENTRYPOINT []

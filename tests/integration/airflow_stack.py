@@ -35,6 +35,16 @@ def free_port() -> int:
 POSTGRES_DSN = os.environ.get("TFPIPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def land_sample(landing: Path) -> None:
+    """The taxi sample split into monthly spans in a landing area, as the land-spans stage does."""
+    subprocess.run(
+        [str(ML_PYTHON), "-m", "tfpipe", "land-spans", "--source-uri", str(SAMPLE_CSV), "--landing-uri", str(landing)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 class PostgresDatabase:
     """A throwaway database on the machine's PostgreSQL, dropped afterwards."""
 
@@ -83,7 +93,7 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": "integration-test-only-secret",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "integration-test-only-secret",  # pragma: allowlist secret
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
@@ -130,21 +140,7 @@ class AirflowStack:
         self.airflow("pools", "import", str(path))
 
     def land_sample(self) -> None:
-        subprocess.run(
-            [
-                str(ML_PYTHON),
-                "-m",
-                "tfpipe",
-                "land-spans",
-                "--source-uri",
-                str(SAMPLE_CSV),
-                "--landing-uri",
-                str(self.landing),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        land_sample(self.landing)
 
     # -- REST API, as the UI uses it --------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None) -> Any:

@@ -4,7 +4,7 @@ One JSON line per sampled predict request, in `requests.jsonl` under the configu
 size into `requests.jsonl.1` (the newest full file) ... `requests.jsonl.<backups>`:
 
     {"ts": "2026-05-09T12:00:00.123456+00:00", "model": "big_tipper", "version": "3", "role": "canary",
-     "key": "9f86d081884c7d65" | null, "instances": [{"fare": 12.5, "company": "", ...}],
+     "key": "9f86d081884c7d65" | null, "instances": [{"fare": 12.5, "company": "", ...}],  # pragma: allowlist secret
      "predictions": [0.42], "latency_ms": 1.7, "status": 200}
 
 `key` is a hash of the sticky key, never the key itself. `instances` are the features as the model got

@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ALIAS",
         help="serve the registry's version with this alias (e.g. champion) as stable",
     )
+    parser.add_argument(
+        "--or-empty",
+        action="store_true",
+        help="with --from-registry: when no version has the alias yet (a new deployment), start serving nothing; "
+        "the first rollout loads a model through the admin API",
+    )
     parser.add_argument("--version", help=f"version number of --model-uri (default {DEFAULT_VERSION})")
     parser.add_argument("--host", help="interface to listen on (default serving.local.host)")
     parser.add_argument("--port", type=int, help="port (default serving.local.port; 0 picks a free one)")
@@ -95,11 +101,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.from_registry:
         if version:
             raise StageError("--version goes with --model-uri; the registry names the version itself")
-        version, model_uri = from_registry(config, args.from_registry)
+        try:
+            version, model_uri = from_registry(config, args.from_registry)
+        except StageError as exc:
+            if not args.or_empty:
+                raise
+            log.warning("%s: serving nothing until a rollout loads a model", exc)
+            version = None
     elif model_uri is None and environ.get("AIP_STORAGE_URI"):
         model_uri = environ["AIP_STORAGE_URI"]
     elif version and model_uri is None:
         raise StageError("--version needs --model-uri")
+    elif args.or_empty:
+        raise StageError("--or-empty goes with --from-registry")
     if model_uri is not None and "://" not in model_uri:
         model_uri = os.path.abspath(model_uri)
     version = version or DEFAULT_VERSION

@@ -90,7 +90,7 @@ class ModelServerHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {
             "hidden_fields": ["login", "extra"],
-            "relabeling": {"password": "Admin token"},
+            "relabeling": {"password": "Admin token"},  # pragma: allowlist secret
             "placeholders": {"host": "127.0.0.1", "port": "8501", "schema": "http"},
         }
 

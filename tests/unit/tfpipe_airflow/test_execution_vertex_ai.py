@@ -31,7 +31,7 @@ from tfpipe_airflow.hooks.ml_stage import STAGE_ENVIRONMENT
 
 IMAGE = "europe-docker.pkg.dev/acme/ml/tfpipe-ml:1.4.2"
 RESULT_URI = "gs://acme-ml/chicago_taxi/span=2016-03/run=r1/statistics/result.json"
-JOB_NAME = "projects/acme-ml/locations/europe-west4/customJobs/1234567890"
+JOB_NAME = "projects/acme-ml/locations/europe-west4/customJobs/1234567890"  # pragma: allowlist secret
 ARGV = ["--input-uri", "gs://acme-ml/examples", "--output-uri", "gs://acme-ml/statistics"]
 
 

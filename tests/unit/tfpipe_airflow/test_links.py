@@ -32,7 +32,7 @@ from tfpipe_airflow.operators.ml_stage import RunMLStageOperator
 TI_KEY = TaskInstanceKey(dag_id="chicago_taxi_training", task_id="validate_examples", run_id="manual__1", try_number=1)
 RUN = "chicago_taxi/span=2013-01/run=manual__1"
 REPORT_HTML = "<!doctype html><title>Data validation</title><h1>Data validation: 2013-01</h1>"
-SECRET = "outside the artifact root"
+SECRET = "outside the artifact root"  # pragma: allowlist secret
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 

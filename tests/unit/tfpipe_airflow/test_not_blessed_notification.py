@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from email import message_from_bytes
-
-import pytest
-from aiosmtpd.controller import Controller
 
 from tests.integration.airflow_stack import free_port
 from tfpipe_airflow.operators.gates import candidate_is_blessed
@@ -18,37 +14,13 @@ REASONS = [
 ]
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    async def handle_DATA(self, server, session, envelope):  # aiosmtpd's handler protocol
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_server(monkeypatch):
-    inbox = _Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    extra = json.dumps({"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1})
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TFPIPE_TEST_SMTP",
-        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}),
-    )
-    yield inbox
-    controller.stop()
-
-
 def _context():
     from types import SimpleNamespace
 
     return {"dag": SimpleNamespace(dag_id="chicago_taxi_training"), "run_id": "scheduled__2017-01-01"}
 
 
-def test_the_reasons_go_to_the_alert_recipients(smtp_server):
+def test_the_reasons_go_to_the_alert_recipients(smtp_inbox):
     blessed = candidate_is_blessed(
         False,
         REASONS,
@@ -58,7 +30,7 @@ def test_the_reasons_go_to_the_alert_recipients(smtp_server):
         **_context(),
     )
     assert blessed is False
-    [(recipients, message)] = smtp_server.messages
+    [(recipients, message)] = smtp_inbox.messages
     assert recipients == ["ml-oncall@example.com"]
     assert "NOT BLESSED" in message["Subject"] and "scheduled__2017-01-01" in message["Subject"]
     body = next(part for part in message.walk() if part.get_content_type() == "text/html").get_payload(decode=True)
@@ -68,9 +40,9 @@ def test_the_reasons_go_to_the_alert_recipients(smtp_server):
     assert "/artifacts/run/evaluation/report.html" in text
 
 
-def test_a_blessed_candidate_sends_nothing(smtp_server):
+def test_a_blessed_candidate_sends_nothing(smtp_inbox):
     assert candidate_is_blessed(True, [], alert_email=["ml-oncall@example.com"], smtp_conn_id="tfpipe_test_smtp")
-    assert smtp_server.messages == []
+    assert smtp_inbox.messages == []
 
 
 def test_a_mail_server_that_is_down_does_not_hide_the_decision(monkeypatch, caplog):

@@ -119,7 +119,7 @@ CONSUMER_QUOTA_PAGE_1 = {
             ],
         ),
     ],
-    "nextPageToken": "CiRhaXBsYXRmb3JtLmdvb2dsZWFwaXMuY29tL2N1c3RvbV9tb2RlbA",
+    "nextPageToken": "CiRhaXBsYXRmb3JtLmdvb2dsZWFwaXMuY29tL2N1c3RvbV9tb2RlbA",  # pragma: allowlist secret
 }
 CONSUMER_QUOTA_PAGE_2 = {
     "metrics": [
@@ -229,7 +229,7 @@ def test_vertex_ai_quotas_from_service_usage_limits_and_monitoring_usage():
         f"https://serviceusage.googleapis.com/v1beta1/projects/{PROJECT}/services/aiplatform.googleapis.com/"
         "consumerQuotaMetrics?view=BASIC"
     )
-    assert "pageToken=CiRhaXBsYXRmb3JtLmdvb2dsZWFwaXMuY29tL2N1c3RvbV9tb2RlbA" in second[1]
+    assert "pageToken=CiRhaXBsYXRmb3JtLmdvb2dsZWFwaXMuY29tL2N1c3RvbV9tb2RlbA" in second[1]  # pragma: allowlist secret
     # The region's override (32), not the default bucket (8); the newest point of usage (28), not an older one.
     assert (capacity["cpu"].limit, capacity["cpu"].used, capacity["cpu"].free) == (32, 28, 4)
     assert (capacity["gpu"].limit, capacity["gpu"].used) == (2, 0), "no usage series: nothing allocated"

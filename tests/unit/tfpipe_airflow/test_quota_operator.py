@@ -13,11 +13,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from airflow.sdk.exceptions import TaskDeferred
 
 from tests.integration.airflow_stack import free_port
-from tests.unit.tfpipe_airflow.test_not_blessed_notification import _Inbox
 from tfpipe.config import AlertsConfig, QuotaConfig
 from tfpipe.quota import Capacity, Holder
 from tfpipe.quota.metrics import read_textfile
@@ -58,22 +56,6 @@ class FakeTI:
 
 def context(run_id: str, ti: FakeTI | None = None, **extra: Any) -> dict[str, Any]:
     return {"dag": SimpleNamespace(dag_id=DAG_ID), "run_id": run_id, "ti": ti or FakeTI(), **extra}
-
-
-@pytest.fixture
-def inbox(monkeypatch):
-    """A real SMTP server, and the Airflow connection the alerts go through."""
-    received = _Inbox()
-    port = free_port()
-    controller = Controller(received, hostname="127.0.0.1", port=port)
-    controller.start()
-    extra = json.dumps({"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1})
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TFPIPE_TEST_SMTP",
-        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}),
-    )
-    yield received
-    controller.stop()
 
 
 @pytest.fixture
@@ -130,7 +112,7 @@ def body(message) -> str:
 
 
 def test_a_refused_check_fails_at_once_saying_what_was_asked_what_is_free_and_who_holds_it(
-    ledger_path, tmp_path, inbox
+    ledger_path, tmp_path, smtp_inbox
 ):
     quota = quota_config(tmp_path)
     first = check(quota, deferrable=False, alerts=ALERTS).execute(context("scheduled__2016-11-01"))
@@ -141,8 +123,8 @@ def test_a_refused_check_fails_at_once_saying_what_was_asked_what_is_free_and_wh
     assert "asked cpu 2 cores, memory_gib 8 GiB" in message
     assert "0 cores free of the shared budget's 2 cores" in message
     assert "held by chicago_taxi chicago_taxi_training.train_model of run scheduled__2016-11-01: 2 cores" in message
-    refusals = [m for _, m in inbox.messages if "refused" in m["Subject"]]
-    assert len(refusals) == 1, subjects(inbox)
+    refusals = [m for _, m in smtp_inbox.messages if "refused" in m["Subject"]]
+    assert len(refusals) == 1, subjects(smtp_inbox)
     assert refusals[0]["Subject"] == (
         "[tfpipe] quota request refused: chicago_taxi chicago_taxi_training.train_model of run manual__2016-12-05 "
         "(short of cpu)"
@@ -157,11 +139,11 @@ def test_a_retry_of_the_check_reuses_its_reservation(ledger_path, tmp_path):
     assert second["reused"] and second["reservation_id"] == first["reservation_id"]
 
 
-def test_crossing_the_alert_share_sends_one_email_naming_pipeline_and_resource(ledger_path, tmp_path, inbox):
+def test_crossing_the_alert_share_sends_one_email_naming_pipeline_and_resource(ledger_path, tmp_path, smtp_inbox):
     quota = quota_config(tmp_path, budget={"cpu": 10, "memory_gib": 100})
     for run in range(10):
         check(quota, stage="one_core", task_id="validate_examples", alerts=ALERTS).execute(context(f"run_{run}"))
-    [(recipients, message)] = inbox.messages
+    [(recipients, message)] = smtp_inbox.messages
     assert recipients == ["ml-oncall@example.com"]
     assert message["Subject"].startswith("[tfpipe] quota limit about to be reached: chicago_taxi took cpu to 80%")
     text = body(message)
@@ -183,7 +165,7 @@ def _first_event(trigger: QuotaAvailableTrigger, during=None) -> tuple[dict[str,
     return asyncio.run(run())
 
 
-def test_a_deferred_check_waits_in_the_trigger_and_takes_the_room_as_it_frees(ledger_path, tmp_path, inbox):
+def test_a_deferred_check_waits_in_the_trigger_and_takes_the_room_as_it_frees(ledger_path, tmp_path, smtp_inbox):
     quota = quota_config(tmp_path)
     check(quota, alerts=ALERTS).execute(context("scheduled__2016-11-01"))
     waiting = check(quota, alerts=ALERTS)
@@ -209,7 +191,7 @@ def test_a_deferred_check_waits_in_the_trigger_and_takes_the_room_as_it_frees(le
     assert result["holder_key"] == f"{DAG_ID}/manual__2016-12-05/train_model/-1"
     ledger = quota_hooks.QuotaLedgerHook("tfpipe_test_quota").get_ledger()
     assert [row["holder_key"] for row in ledger.status()["active"]] == [result["holder_key"]]
-    assert sum("refused" in subject for subject in subjects(inbox)) == 1, "one e-mail when it started waiting"
+    assert sum("refused" in subject for subject in subjects(smtp_inbox)) == 1, "one e-mail when it started waiting"
 
 
 def test_a_deferred_check_that_waits_in_vain_fails_with_the_message(ledger_path, tmp_path):
@@ -376,8 +358,8 @@ def test_concurrent_checks_in_threads_grant_exactly_what_fits(ledger_path, tmp_p
         ('{"conn_type": "sqlite", "host": "/srv/quota/ledger.db"}', "sqlite:////srv/quota/ledger.db"),
         ("sqlite:////srv/quota/ledger.db", "sqlite:////srv/quota/ledger.db"),
         (
-            "postgresql://tfpipe:s%40cret@db.internal:5433/tfpipe_quota",
-            "postgresql+psycopg2://tfpipe:s%40cret@db.internal:5433/tfpipe_quota",
+            "postgresql://tfpipe:s%40cret@db.internal:5433/tfpipe_quota",  # pragma: allowlist secret
+            "postgresql+psycopg2://tfpipe:s%40cret@db.internal:5433/tfpipe_quota",  # pragma: allowlist secret
         ),
     ],
 )

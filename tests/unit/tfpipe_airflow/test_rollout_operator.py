@@ -2,7 +2,7 @@
 
 The deployment target is an in-memory stand-in that records every call (the real model server is in
 tests/integration/test_canary_rollout.py); the analysis events are what CanaryAnalysisTrigger yields.
-E-mails go through a real SMTP server (aiosmtpd), as in test_not_blessed_notification.
+E-mails go through a real SMTP server (aiosmtpd; the smtp_inbox fixture in conftest.py).
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import uuid
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput, TaskDeferred
 
-from tests.integration.airflow_stack import free_port
-from tests.unit.tfpipe_airflow.test_not_blessed_notification import _Inbox
 from tfpipe.config import AlertsConfig, RolloutConfig, ServingConfig
 from tfpipe.rollout import AnalysisResult, Verdict
 from tfpipe_airflow.deployment import Deployment, DeploymentTarget, RollbackResult
@@ -91,20 +88,6 @@ def target(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
     fake = FakeTarget()
     monkeypatch.setattr(rollout_module, "build_target", lambda serving, actor=None: fake)
     return fake
-
-
-@pytest.fixture
-def inbox(monkeypatch: pytest.MonkeyPatch):
-    received = _Inbox()
-    controller = Controller(received, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    extra = json.dumps({"disable_tls": True, "disable_ssl": True, "timeout": 5, "retry_limit": 1})
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_TFPIPE_TEST_SMTP",
-        json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": controller.port, "extra": extra}),
-    )
-    yield received
-    controller.stop()
 
 
 ALERTS = AlertsConfig(email=["ml-oncall@example.com"], smtp_conn_id="tfpipe_test_smtp")
@@ -210,7 +193,7 @@ def test_a_healthy_canary_goes_through_every_step_and_is_promoted(target):
     assert context["ti"].xcoms["rollout"]["outcome"] == "promoted"
 
 
-def test_a_failed_analysis_rolls_back_in_one_call_and_says_why(target, inbox):
+def test_a_failed_analysis_rolls_back_in_one_call_and_says_why(target, smtp_inbox):
     task, context = operator()
     drift = "prediction drift (Jensen-Shannon distance ...) 0.812 is above max_prediction_drift 0.2"
     with pytest.raises(AirflowFailException) as failure:
@@ -226,7 +209,7 @@ def test_a_failed_analysis_rolls_back_in_one_call_and_says_why(target, inbox):
     record = context["ti"].xcoms["rollout"]
     assert record["outcome"] == "rolled back" and record["rollback"]["seconds"] == 0.0002
     assert record["rollback"]["decision_to_zero_seconds"] < 1
-    [(recipients, mail)] = inbox.messages
+    [(recipients, mail)] = smtp_inbox.messages
     assert recipients == ["ml-oncall@example.com"]
     assert "ROLLED BACK at 50%" in mail["Subject"]
     body = next(p for p in mail.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
@@ -329,7 +312,7 @@ def test_repeat_judges_the_same_step_again(target, hitl):
     assert steps_taken(target) == [10, 50, 50]
 
 
-def test_a_deployment_changed_by_hand_stops_the_rollout_and_touches_nothing(target, inbox):
+def test_a_deployment_changed_by_hand_stops_the_rollout_and_touches_nothing(target, smtp_inbox):
     task, context = operator()
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)
@@ -338,7 +321,7 @@ def test_a_deployment_changed_by_hand_stops_the_rollout_and_touches_nothing(targ
     with pytest.raises(AirflowFailException, match="the deployment changed during the rollout"):
         task.execute_complete(context, event=OK, **deferred.value.kwargs)
     assert len(target.calls) == calls
-    assert "interrupted" in inbox.messages[0][1]["Subject"]
+    assert "interrupted" in smtp_inbox.messages[0][1]["Subject"]
 
 
 def test_the_rollout_timeout_aborts(target):
