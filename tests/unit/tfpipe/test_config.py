@@ -134,7 +134,8 @@ def test_the_shipped_quota_section_loads_with_its_ledger_under_the_project(monke
     assert quota.budget.as_dict() == {"cpu": 2, "memory_gib": 16, "gpu": 0, "cpu_hours": 24}
     assert quota.alert_share == 0.8 and quota.on_refusal == "defer"
     assert set(quota.stages) == {"validate", "tune_trial", "train", "evaluate", "serve"}
-    assert quota.request_for("serve").on_refusal == "fail"
+    serve = quota.request_for("serve")
+    assert (serve.on_refusal, serve.wait_timeout_minutes) == ("defer", 240), "a stage's own refusal settings"
     with pytest.raises(KeyError, match="no request for 'ingest'"):
         quota.request_for("ingest")
 
