@@ -76,7 +76,6 @@ class AirflowStack:
     ) -> None:
         self.root = root
         self.home = root / "airflow"
-        self.landing = root / "landing" / "chicago_taxi"
         self.artifacts = root / "artifacts"
         self.port = free_port()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -119,29 +118,6 @@ class AirflowStack:
             raise AssertionError(f"airflow {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
-    def airflow_json(self, *args: str) -> Any:
-        # The CLI may print warnings on stdout before its JSON document.
-        lines = self.airflow(*args, "-o", "json").splitlines()
-        start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
-        return json.loads("\n".join(lines[start:]))
-
-    def import_pools(self) -> None:
-        """The pools the pipeline configs name, as `make airflow-init` creates them."""
-        pools = subprocess.run(
-            [sys.executable, "-m", "tfpipe_airflow.pools", str(PROJECT_ROOT / "dags" / "configs")],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=self.env,
-        ).stdout
-        path = self.home / "pools.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(pools)
-        self.airflow("pools", "import", str(path))
-
-    def land_sample(self) -> None:
-        land_sample(self.landing)
-
     # -- REST API, as the UI uses it --------------------------------------------------------------
     def api(self, method: str, path: str, body: Any = None) -> Any:
         if self._token is None:
@@ -156,9 +132,6 @@ class AirflowStack:
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read() or b"null")
-
-    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return self.api("GET", f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         instances = self.api("GET", f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances")
