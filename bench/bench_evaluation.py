@@ -5,7 +5,8 @@ evaluated with the config's slices and metrics, on the whole 15,002-row sample a
 generated trips, two ways:
 
 - "tfpipe": what the evaluate stage runs: a fixed inference batch (evaluation.batch_size), the model
-  type and signature named, no default metrics, the config's Beam options;
+  type and signature named, no default metrics, the batches spread over the config's Beam workers
+  (two processes);
 - "tfma_defaults": the same EvalConfig and data with TFMA's defaults left in place: inference batches
   grown adaptively from one row (what TFXIO sources do when no batch size is given), model type
   detected by loading the model, default metrics included, Beam's default DirectRunner.
@@ -96,6 +97,9 @@ def evaluate_once(mode: str, csv_path: str, model_uri: str, output: str) -> None
         cfg = tfma_eval.eval_config(config, companies, with_baseline=False)
         for spec in cfg.model_specs:
             spec.ClearField("model_type")  # TFMA detects it by loading the model
+        for metric in cfg.metrics_specs[0].metrics:
+            if metric.module:  # TFMA's own class for what we replaced (it merges partial results wrongly)
+                metric.class_name, metric.module = "BinaryCrossEntropy", ""
         cfg.options.ClearField("include_default_metrics")
         model = tfma.default_eval_shared_model(eval_saved_model_path=model_uri, eval_config=cfg, rubber_stamp=True)
         with beam.Pipeline(options=PipelineOptions([])) as pipeline:

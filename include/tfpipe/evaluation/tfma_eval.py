@@ -39,10 +39,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "precision": ("Precision", "precision"),
     "recall": ("Recall", "recall"),
     "calibration": ("Calibration", "calibration"),
-    "log_loss": ("BinaryCrossEntropy", "binary_crossentropy"),
+    "log_loss": ("LogLoss", "binary_crossentropy"),
     "example_count": ("ExampleCount", "example_count"),
     "mean_label": ("MeanLabel", "mean_label"),
 }
+# Classes of our own, by the module TFMA imports them from (in every Beam worker).
+METRIC_MODULES = {"LogLoss": "tfpipe.evaluation.log_loss"}
 TFMA_NAMES = {tfma_name: ours for ours, (_, tfma_name) in METRICS.items()}
 
 
@@ -125,7 +127,7 @@ def eval_config(config: EvaluationConfig, companies: list[str], with_baseline: b
         options = ""
         if name in ("precision", "recall"):
             options = f'"thresholds": {config.operating_threshold}, "name": "{tfma_name}"'
-        metric = tfma.MetricConfig(class_name=class_name, config=options)
+        metric = tfma.MetricConfig(class_name=class_name, module=METRIC_MODULES.get(class_name, ""), config=options)
         overall = config.thresholds.overall.get(name)  # type: ignore[call-overload]
         if overall is not None and (threshold := _threshold(name, overall, with_baseline)) is not None:
             metric.per_slice_thresholds.append(
@@ -211,6 +213,9 @@ def run_evaluation(
             pipeline
             | "CsvPath" >> beam.Create([csv_path])
             | "RecordBatches" >> beam.FlatMap(record_batches, config.batch_size)
+            # One file is one element: without this, Beam fuses the read with everything after it and a
+            # single worker evaluates every row while the others wait.
+            | "SpreadBatches" >> beam.Reshuffle()
             | "Evaluate"
             >> tfma.ExtractEvaluateAndWriteResults(
                 eval_shared_model=models if len(models) > 1 else models[0], eval_config=cfg, output_path=str(output_dir)

@@ -198,3 +198,64 @@ def test_the_registrys_champion_is_the_baseline_of_the_next_candidate(window, go
     blessing = json.loads((tmp_path / "second" / "evaluation" / "blessing.json").read_text())
     assert blessing["baseline"]["version"] == "1"
     assert any(f["kind"] == "change" and f["slice"] == "Overall" and f["metric"] == "auc" for f in blessing["failures"])
+
+
+def _exact_log_loss_by_payment_type(csv_path: str, model_uri: str) -> dict[str, float]:
+    """Log loss from the model's own predictions, in numpy: what TFMA must report, however Beam splits the work."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tfpipe.evaluation import tfma_eval
+
+    serve = tf.saved_model.load(model_uri).signatures["serving_default"]
+    inputs = serve.structured_input_signature[1]
+    labels, predictions, payment_types = [], [], []
+    for batch in tfma_eval.record_batches(csv_path, 500):
+        columns = {name: batch.column(name).flatten().to_numpy(zero_copy_only=False) for name in batch.schema.names}
+        features = {
+            name: tf.constant(columns[name].reshape([-1] + [1] * (len(spec.shape) - 1)), dtype=spec.dtype)
+            for name, spec in inputs.items()
+        }
+        predictions.append(serve(**features)["probabilities"].numpy().reshape(-1).astype(np.float64))
+        labels.append(columns["big_tipper"].astype(np.float64))
+        payment_types.append(np.array([value.decode() for value in columns["payment_type"]]))
+    y, p, payment = np.concatenate(labels), np.concatenate(predictions), np.concatenate(payment_types)
+    p = np.clip(p, 1e-7, 1 - 1e-7)  # Keras' epsilon, as TFMA's metric uses
+    loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    exact = {"Overall": float(loss.mean())}
+    exact.update({f"payment_type={value}": float(loss[payment == value].mean()) for value in set(payment)})
+    return exact
+
+
+def test_two_beam_workers_report_the_metrics_of_one_and_the_exact_log_loss(window, good_model, tmp_path):
+    """The shipped Beam options split the work over two processes; partial results must merge to the same numbers."""
+    from tfpipe.artifacts import csv_files
+    from tfpipe.evaluation import tfma_eval
+
+    shipped = _config(batch_size=100)  # nine batches of the 833 rows, so both workers get some
+    assert {"--direct_running_mode=multi_processing", "--direct_num_workers=2"} <= set(shipped.beam_pipeline_args)
+    one_process = _config(batch_size=100, beam_pipeline_args=["--runner=DirectRunner"])
+    [csv_path] = csv_files(str(window.splits / "eval"), "eval_uri")
+    companies = tfma_eval.top_values(csv_path, "company", shipped.slices.top_companies)
+    metrics = {}
+    for name, config in (("two_workers", shipped), ("one_process", one_process)):
+        tfma_eval.run_evaluation(
+            csv_path=csv_path,
+            candidate_uri=good_model,
+            baseline_uri=None,
+            config=config,
+            companies=companies,
+            output_dir=tmp_path / name,
+        )
+        metrics[name] = {s["slice"]: s["candidate"] for s in tfma_eval.load_slice_metrics(tmp_path / name)}
+
+    assert metrics["two_workers"].keys() == metrics["one_process"].keys()
+    for slice_name, values in metrics["two_workers"].items():
+        assert values.keys() == metrics["one_process"][slice_name].keys()
+        for metric, value in values.items():
+            other = metrics["one_process"][slice_name][metric]
+            same = value is other is None or (None not in (value, other) and value == pytest.approx(other, abs=2e-6))
+            assert same, (slice_name, metric, value, other)
+    exact = _exact_log_loss_by_payment_type(csv_path, good_model)
+    for slice_name, log_loss in exact.items():
+        assert metrics["two_workers"][slice_name]["log_loss"] == pytest.approx(log_loss, abs=2e-6), slice_name
