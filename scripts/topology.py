@@ -112,6 +112,9 @@ class Topology:
         self.logs = self.state / "logs"
         self.pids = self.state / "pids"
         self.env = self._environment()
+        # The api-server writes the users' generated passwords into its log: only the owner reads logs.
+        self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.logs.chmod(0o700)
         self.api_port = int(self.env["AIRFLOW__API__PORT"])
         self.mlflow_port = int(self.env["TFPIPE_MLFLOW_PORT"])
         self.serving_port = int(self.env["TFPIPE_SERVING_PORT"])
@@ -297,7 +300,6 @@ class Topology:
         port = {"api-server": self.api_port, "mlflow": self.mlflow_port, "model-server": self.serving_port}
         if component in port and not _free(port[component]):
             raise TopologyError(f"{component}: port {port[component]} is taken by another process")
-        self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
         log_path = self.logs / f"{component}.log"
         # Health checks that read the log look only at what this start wrote.

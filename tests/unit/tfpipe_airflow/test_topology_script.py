@@ -61,6 +61,7 @@ def test_missing_secrets_are_generated_once_into_a_private_file_and_reused(topol
     first = topology.Topology(tmp_path).env
     kept = tmp_path / "secrets.env"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700, "the api-server logs the generated passwords"
     assert given not in kept.read_text(), "a secret the environment gives is not written down"
     assert first["AIRFLOW__API_AUTH__JWT_SECRET"] == given
     again = topology.Topology(tmp_path).env
