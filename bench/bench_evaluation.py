@@ -98,8 +98,8 @@ def evaluate_once(mode: str, csv_path: str, model_uri: str, output: str) -> None
         for spec in cfg.model_specs:
             spec.ClearField("model_type")  # TFMA detects it by loading the model
         for metric in cfg.metrics_specs[0].metrics:
-            if metric.module:  # TFMA's own class for what we replaced (it merges partial results wrongly)
-                metric.class_name, metric.module = "BinaryCrossEntropy", ""
+            if metric.module:  # TFMA's own class for each of ours
+                metric.class_name, metric.module = tfma_eval.TFMA_CLASSES[metric.class_name], ""
         cfg.options.ClearField("include_default_metrics")
         model = tfma.default_eval_shared_model(eval_saved_model_path=model_uri, eval_config=cfg, rubber_stamp=True)
         with beam.Pipeline(options=PipelineOptions([])) as pipeline:

@@ -358,6 +358,12 @@ class EvaluationConfig(_Model):
         "auto", description="'required': a person approves before traffic moves."
     )
     beam_pipeline_args: list[str] = ["--runner=DirectRunner"]
+    in_process_below_rows: int = Field(
+        50_000,
+        ge=0,
+        description="With a multi-process DirectRunner, smaller inputs are evaluated in the calling process: "
+        "Beam's worker processes take seconds to start (TensorFlow import, model load) and only pay off above this.",
+    )
     batch_size: int = Field(1000, ge=1, description="Rows per model call; TFMA's default starts at 1 and ramps up.")
 
     @model_validator(mode="after")

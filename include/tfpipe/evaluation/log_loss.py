@@ -4,7 +4,8 @@ TFMA 0.47's `BinaryCrossEntropy` merges accumulators with `result = next(iter(ac
 `for acc in accs: result.merge(acc)`. Given a list, the loop starts again at the first accumulator,
 so that one is counted twice. A single-process DirectRunner merges one partial result per slice and
 hides it; two Beam workers (or Dataflow) merge several, and the log loss moves by up to 0.14 on
-small slices. Same metric name, same per-example arithmetic: only the merge differs.
+small slices. Same metric name, same per-example arithmetic: only the merge differs (and, as for
+our other metrics, a binary classifier's label and prediction are read directly: `direct_inputs`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ from collections.abc import Iterable
 
 from tensorflow_model_analysis.metrics import cross_entropy_metrics, metric_types, metric_util
 
+from tfpipe.evaluation.direct_inputs import DirectInputs
+
 NAME = cross_entropy_metrics.BINARY_CROSSENTROPY_NAME
 
 
-class _Combiner(cross_entropy_metrics._BinaryCrossEntropyCombiner):
+class _Combiner(DirectInputs, cross_entropy_metrics._BinaryCrossEntropyCombiner):
+    def add_input(self, accumulator, element):
+        read = self._direct(element)
+        if read is None:
+            return super().add_input(accumulator, element)
+        # TFMA's arithmetic on the same two arrays; without example weights the weight is 1.
+        accumulator.total_cross_entropy += self._cross_entropy(*read) * 1.0
+        accumulator.total_example_weights += 1.0
+        return accumulator
+
     def merge_accumulators(self, accumulators: Iterable) -> object:
         remaining = iter(accumulators)
         result = next(remaining)

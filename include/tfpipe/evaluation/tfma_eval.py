@@ -13,6 +13,7 @@ pipeline, so memory does not grow with the data.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -26,25 +27,43 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import tensorflow_model_analysis as tfma
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from tfpipe import artifacts
 from tfpipe.config import HIGHER_IS_BETTER, EvaluationConfig, MetricBounds
 from tfpipe.training import model as m
 
+log = logging.getLogger(__name__)
+
 CANDIDATE, BASELINE = "candidate", "baseline"
 OVERALL = "Overall"
-# Our metric names -> TFMA metric class and the name TFMA reports it under.
+# Our metric names -> metric class and the name TFMA reports it under.
 METRICS: dict[str, tuple[str, str]] = {
-    "auc": ("AUC", "auc"),
-    "precision": ("Precision", "precision"),
-    "recall": ("Recall", "recall"),
-    "calibration": ("Calibration", "calibration"),
+    "auc": ("DirectAUC", "auc"),
+    "precision": ("DirectPrecision", "precision"),
+    "recall": ("DirectRecall", "recall"),
+    "calibration": ("DirectCalibration", "calibration"),
     "log_loss": ("LogLoss", "binary_crossentropy"),
     "example_count": ("ExampleCount", "example_count"),
-    "mean_label": ("MeanLabel", "mean_label"),
+    "mean_label": ("DirectMeanLabel", "mean_label"),
 }
-# Classes of our own, by the module TFMA imports them from (in every Beam worker).
-METRIC_MODULES = {"LogLoss": "tfpipe.evaluation.log_loss"}
+# Classes of our own, by the module TFMA imports them from (in every Beam worker), and the TFMA class
+# each one computes the metric of.
+METRIC_MODULES = {
+    **dict.fromkeys(
+        ("DirectAUC", "DirectPrecision", "DirectRecall", "DirectCalibration", "DirectMeanLabel"),
+        "tfpipe.evaluation.direct_inputs",
+    ),
+    "LogLoss": "tfpipe.evaluation.log_loss",
+}
+TFMA_CLASSES = {
+    "DirectAUC": "AUC",
+    "DirectPrecision": "Precision",
+    "DirectRecall": "Recall",
+    "DirectCalibration": "Calibration",
+    "DirectMeanLabel": "MeanLabel",
+    "LogLoss": "BinaryCrossEntropy",
+}
 TFMA_NAMES = {tfma_name: ours for ours, (_, tfma_name) in METRICS.items()}
 
 
@@ -184,6 +203,39 @@ def record_batches(csv_path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_arrays(arrays, names)
 
 
+def has_rows(csv_path: str, count: int) -> bool:
+    """Whether the CSV has at least `count` data rows, reading only until it knows.
+
+    Counts line ends: a quoted cell with a line break counts twice, close enough to choose where to run."""
+    seen, last = -1, b"\n"  # -1: the header
+    with artifacts.open_binary(csv_path) as file:
+        while seen < count and (chunk := file.read(1 << 20)):
+            seen, last = seen + chunk.count(b"\n"), chunk[-1:]
+    if last != b"\n":
+        seen += 1  # a last row without a line end
+    return seen >= count
+
+
+def beam_pipeline_args(config: EvaluationConfig, csv_path: str) -> list[str]:
+    """The configured Beam options; a local multi-process DirectRunner keeps a small input in this process."""
+    options = PipelineOptions(config.beam_pipeline_args)
+    runner = options.view_as(StandardOptions).runner
+    local_processes = runner in (None, "DirectRunner", "direct") and (
+        options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    )
+    if not local_processes or has_rows(csv_path, config.in_process_below_rows):
+        return list(config.beam_pipeline_args)
+    log.info(
+        "fewer than %d rows (evaluation.in_process_below_rows): evaluating in this process, without Beam workers",
+        config.in_process_below_rows,
+    )
+    return [
+        arg
+        for arg in config.beam_pipeline_args
+        if not arg.startswith(("--direct_running_mode", "--direct_num_workers"))
+    ]
+
+
 def run_evaluation(
     *,
     csv_path: str,
@@ -208,7 +260,7 @@ def run_evaluation(
         models.append(
             tfma.default_eval_shared_model(eval_saved_model_path=baseline_uri, eval_config=cfg, model_name=BASELINE)
         )
-    with beam.Pipeline(options=PipelineOptions(config.beam_pipeline_args)) as pipeline:
+    with beam.Pipeline(options=PipelineOptions(beam_pipeline_args(config, csv_path))) as pipeline:
         _ = (
             pipeline
             | "CsvPath" >> beam.Create([csv_path])

@@ -232,7 +232,8 @@ def test_two_beam_workers_report_the_metrics_of_one_and_the_exact_log_loss(windo
     from tfpipe.artifacts import csv_files
     from tfpipe.evaluation import tfma_eval
 
-    shipped = _config(batch_size=100)  # nine batches of the 833 rows, so both workers get some
+    # Nine batches of the 833 rows, so both workers get some; this small input would otherwise stay in one process.
+    shipped = _config(batch_size=100, in_process_below_rows=0)
     assert {"--direct_running_mode=multi_processing", "--direct_num_workers=2"} <= set(shipped.beam_pipeline_args)
     one_process = _config(batch_size=100, beam_pipeline_args=["--runner=DirectRunner"])
     [csv_path] = csv_files(str(window.splits / "eval"), "eval_uri")
@@ -259,3 +260,34 @@ def test_two_beam_workers_report_the_metrics_of_one_and_the_exact_log_loss(windo
     exact = _exact_log_loss_by_payment_type(csv_path, good_model)
     for slice_name, log_loss in exact.items():
         assert metrics["two_workers"][slice_name]["log_loss"] == pytest.approx(log_loss, abs=2e-6), slice_name
+
+
+def test_our_metrics_equal_tfmas_own_on_every_slice_for_candidate_and_champion(
+    window, good_model, poor_model, tmp_path, monkeypatch
+):
+    """Our metric classes read labels and predictions directly; TFMA's read them its general way."""
+    from tfpipe.artifacts import csv_files
+    from tfpipe.evaluation import tfma_eval
+
+    config = _config(batch_size=100)
+    [csv_path] = csv_files(str(window.splits / "eval"), "eval_uri")
+    companies = tfma_eval.top_values(csv_path, "company", config.slices.top_companies)
+    ours = dict(tfma_eval.METRICS)
+    tfmas = {name: (tfma_eval.TFMA_CLASSES.get(cls, cls), reported) for name, (cls, reported) in ours.items()}
+    assert tfmas != ours
+    slices = {}
+    for name, metrics in (("ours", ours), ("tfmas", tfmas)):
+        monkeypatch.setattr(tfma_eval, "METRICS", metrics)
+        tfma_eval.run_evaluation(
+            csv_path=csv_path,
+            candidate_uri=good_model,
+            baseline_uri=poor_model,
+            config=config,
+            companies=companies,
+            output_dir=tmp_path / name,
+        )
+        slices[name] = tfma_eval.load_slice_metrics(tmp_path / name)
+    assert len(slices["ours"]) > 20
+    overall = slices["ours"][0]
+    assert overall["slice"] == "Overall" and overall["baseline"]["auc"] < overall["candidate"]["auc"] - 0.05
+    assert slices["ours"] == slices["tfmas"]
