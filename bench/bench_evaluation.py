@@ -5,11 +5,13 @@ evaluated with the config's slices and metrics, on the whole 15,002-row sample a
 generated trips, two ways:
 
 - "tfpipe": what the evaluate stage runs: a fixed inference batch (evaluation.batch_size), the model
-  type and signature named, no default metrics, the batches spread over the config's Beam workers
-  (two processes);
+  type and signature named, no default metrics, our metric classes (TFMA's, reading a binary
+  classifier's label and prediction directly), the batches spread over the config's two Beam worker
+  processes, or one process below evaluation.in_process_below_rows;
 - "tfma_defaults": the same EvalConfig and data with TFMA's defaults left in place: inference batches
   grown adaptively from one row (what TFXIO sources do when no batch size is given), model type
-  detected by loading the model, default metrics included, Beam's default DirectRunner.
+  detected by loading the model, default metrics included, TFMA's own metric classes, Beam's default
+  DirectRunner.
 
 Both must give the same metric values (max absolute difference reported; metrics only TFMA's default
 adds are ignored). Times are medians of --repeats runs, each in a fresh process as a task runs it.
