@@ -6,15 +6,17 @@ generated trips, two ways:
 
 - "tfpipe": what the evaluate stage runs: a fixed inference batch (evaluation.batch_size), the model
   type and signature named, no default metrics, our metric classes (TFMA's, reading a binary
-  classifier's label and prediction directly), the batches spread over the config's two Beam worker
-  processes, or one process below evaluation.in_process_below_rows;
+  classifier's label and prediction directly) and our `invalid_predictions` check, the batches
+  spread over the config's two Beam worker processes, or one process below
+  evaluation.in_process_below_rows;
 - "tfma_defaults": the same EvalConfig and data with TFMA's defaults left in place: inference batches
   grown adaptively from one row (what TFXIO sources do when no batch size is given), model type
   detected by loading the model, default metrics included, TFMA's own metric classes, Beam's default
   DirectRunner.
 
 Both must give the same metric values (max absolute difference reported; metrics only TFMA's default
-adds are ignored). Times are medians of --repeats runs, each in a fresh process as a task runs it.
+adds, and our check, which TFMA has no class for, are ignored). Times are medians of --repeats runs,
+each in a fresh process as a task runs it.
 
     python bench/bench_evaluation.py [--rows N] [--repeats N]
 """
@@ -99,7 +101,12 @@ def evaluate_once(mode: str, csv_path: str, model_uri: str, output: str) -> None
         cfg = tfma_eval.eval_config(config, companies, with_baseline=False)
         for spec in cfg.model_specs:
             spec.ClearField("model_type")  # TFMA detects it by loading the model
-        for metric in cfg.metrics_specs[0].metrics:
+        metrics = cfg.metrics_specs[0].metrics
+        checks = {class_name for class_name, _ in tfma_eval.CHECKS.values()}
+        kept = [metric for metric in metrics if metric.class_name not in checks]  # TFMA has none
+        del metrics[:]
+        metrics.extend(kept)
+        for metric in metrics:
             if metric.module:  # TFMA's own class for each of ours
                 metric.class_name, metric.module = tfma_eval.TFMA_CLASSES[metric.class_name], ""
         cfg.options.ClearField("include_default_metrics")
@@ -145,7 +152,11 @@ def metric_difference(a: Path, b: Path) -> tuple[float, int]:
         raise RuntimeError(f"the two runs computed different slices: {sorted(set(left) ^ set(right))[:5]}")
     worst = 0.0
     for name, metrics in left.items():
+        if set(metrics) - set(right[name]) != set(tfma_eval.CHECKS):
+            raise RuntimeError(f"{name}: metrics {sorted(metrics)} against {sorted(right[name])}")
         for metric, value in metrics.items():
+            if metric in tfma_eval.CHECKS:
+                continue  # ours alone: TFMA has no such metric
             other = right[name].get(metric)
             if value is None or other is None:
                 if value != other:

@@ -89,7 +89,12 @@ class _CalibrationHistogramCombiner(DirectInputs, calibration_histogram._Calibra
             return super().add_input(accumulator, element)
         # A 0/1 label splits into one fractional label of weight 1: the same bucket update as TFMA's.
         label, prediction = float(read[0][0]), float(read[1][0])
-        index = self._bucket_index(prediction if self._prediction_based_bucketing else label)
+        bucketed = prediction if self._prediction_based_bucketing else label
+        if bucketed != bucketed:
+            # NaN has no bucket (TFMA's own path fails on `int(nan)`): leave it out of the histogram;
+            # `invalid_predictions` counts it and the gate refuses the model.
+            return accumulator
+        index = self._bucket_index(bucketed)
         bucket = accumulator.get(index)
         if bucket is None:
             accumulator[index] = calibration_histogram.Bucket(index, label, prediction, 1.0)

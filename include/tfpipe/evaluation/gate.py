@@ -8,6 +8,8 @@ know about:
 - nothing is blessed when a slice a threshold or the config requires is missing or too small;
 - nothing is blessed when a champion has served before but cannot be found (a change threshold
   would otherwise be skipped silently); only the first model ever is judged on values alone;
+- nothing is blessed when the candidate gives anything but a probability (NaN, infinite, outside
+  [0, 1]) for any example: `invalid_predictions`, which TFMA's thresholds know nothing of;
 - a slice with fewer than `min_slice_size` examples is reported, not judged (its AUC is noise), and a
   slice with one class only has no AUC: neither fails the candidate, both are listed.
 """
@@ -112,6 +114,48 @@ def _not_judged(entry: dict[str, Any], min_slice_size: int) -> str | None:
     return None
 
 
+def _invalid_predictions(slices: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The failure when the candidate gave anything but a probability, or when that was not checked."""
+    overall = next((entry for entry in slices if not entry["features"]), None)
+    count = ((overall or {}).get("candidate") or {}).get("invalid_predictions")
+    if count == 0:
+        return None
+    baseline = ((overall or {}).get("baseline") or {}).get("invalid_predictions")
+    found = {
+        "slice": "Overall",
+        "metric": "invalid_predictions",
+        "kind": "value",
+        "bound": "max",
+        "threshold": 0,
+        "value": count,
+        "baseline_value": baseline,
+        "by": count,
+    }
+    if count is None:
+        found["message"] = "the candidate's predictions were not checked (no invalid_predictions overall)"
+        return found
+    examples = overall["examples"] if overall else 0
+    where = ""
+    if count < examples:  # say where they are, so the cause can be found: the slices with the most
+        worst = sorted(
+            (
+                entry
+                for entry in slices
+                if len(entry["features"]) == 1 and (entry.get("candidate") or {}).get("invalid_predictions")
+            ),
+            key=lambda entry: -entry["candidate"]["invalid_predictions"],
+        )[:3]
+        where = ", most on " + ", ".join(
+            f"{entry['slice']} ({entry['candidate']['invalid_predictions']:,.0f} of {entry['examples']:,})"
+            for entry in worst
+        )
+    found["message"] = (
+        f"the candidate's prediction is not a probability (NaN, infinite or outside [0, 1]) for "
+        f"{count:,.0f} of {examples:,} examples{where}"
+    )
+    return found
+
+
 def decide(
     *,
     config: EvaluationConfig,
@@ -132,6 +176,10 @@ def decide(
         if why is not None:
             not_judged.append({"slice": entry["slice"], "examples": entry["examples"], "reason": why})
 
+    invalid = _invalid_predictions(slices)
+    if invalid is not None:
+        reasons.append(invalid.pop("message"))
+        failures.append(invalid)
     configured = config.thresholds.count()
     if configured == 0 or tfma_missing_thresholds:
         reasons.append("no thresholds are configured (evaluation.thresholds): nothing is blessed without them")

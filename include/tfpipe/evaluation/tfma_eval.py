@@ -2,7 +2,8 @@
 
 The `EvalConfig` is built from the pipeline config: slices (overall, each configured feature, the
 most frequent companies, crosses), metrics (AUC, precision and recall at the operating threshold,
-calibration, log loss, example count, mean label) and thresholds: value thresholds always, change
+calibration, log loss, example count, mean label; and `invalid_predictions`, which the gate reads)
+and thresholds: value thresholds always, change
 thresholds against the champion when there is one.
 
 Rows reach TFMA as Arrow record batches built here from the CSV, with the model's missing-value
@@ -47,6 +48,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "example_count": ("ExampleCount", "example_count"),
     "mean_label": ("DirectMeanLabel", "mean_label"),
 }
+# Checks on what a model gives, always computed; TFMA has no class for them, and the gate reads them.
+CHECKS: dict[str, tuple[str, str]] = {"invalid_predictions": ("InvalidPredictions", "invalid_predictions")}
 # Classes of our own, by the module TFMA imports them from (in every Beam worker), and the TFMA class
 # each one computes the metric of.
 METRIC_MODULES = {
@@ -55,6 +58,7 @@ METRIC_MODULES = {
         "tfpipe.evaluation.direct_inputs",
     ),
     "LogLoss": "tfpipe.evaluation.log_loss",
+    "InvalidPredictions": "tfpipe.evaluation.prediction_check",
 }
 TFMA_CLASSES = {
     "DirectAUC": "AUC",
@@ -64,7 +68,7 @@ TFMA_CLASSES = {
     "DirectMeanLabel": "MeanLabel",
     "LogLoss": "BinaryCrossEntropy",
 }
-TFMA_NAMES = {tfma_name: ours for ours, (_, tfma_name) in METRICS.items()}
+TFMA_NAMES = {tfma_name: ours for ours, (_, tfma_name) in {**METRICS, **CHECKS}.items()}
 
 
 def slice_name(features: dict[str, Any]) -> str:
@@ -159,6 +163,9 @@ def eval_config(config: EvaluationConfig, companies: list[str], with_baseline: b
                     tfma.PerSliceMetricThreshold(slicing_specs=_group_spec(group, companies), threshold=threshold)
                 )
         metrics.append(metric)
+    metrics += [
+        tfma.MetricConfig(class_name=class_name, module=METRIC_MODULES[class_name]) for class_name, _ in CHECKS.values()
+    ]
     model_specs = [_model_spec(CANDIDATE, False)] + ([_model_spec(BASELINE, True)] if with_baseline else [])
     return tfma.EvalConfig(
         model_specs=model_specs,

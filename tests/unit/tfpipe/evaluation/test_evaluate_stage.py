@@ -88,6 +88,7 @@ def test_a_good_first_model_is_blessed_on_value_thresholds(window, good_model, t
     assert "one class only" in not_judged["payment_type=Cash"], "cash trips record no tips: no AUC"
     assert any("fewer than min_slice_size (50)" in reason for reason in not_judged.values())
     assert (tmp_path / "evaluation" / "report.html").stat().st_size > 0
+    assert {entry["candidate"]["invalid_predictions"] for entry in metrics["slices"]} == {0.0}
 
 
 def test_a_worse_candidate_is_not_blessed_and_the_failing_slices_are_named(window, poor_model, tmp_path):
@@ -100,6 +101,75 @@ def test_a_worse_candidate_is_not_blessed_and_the_failing_slices_are_named(windo
         reason.startswith("auc ") and "on Overall is below the minimum 0.9" in reason for reason in result["reasons"]
     )
     assert not any(f["slice"] == "payment_type=Cash" for f in _blessing(tmp_path)["failures"]), "not judged"
+
+
+def _serving_changed(model_uri: str, output: Path, change) -> str:
+    """The model re-exported with `change(features, probabilities)` applied to what it serves."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(model_uri)
+    serving = loaded.signatures["serving_default"]
+    _, spec = serving.structured_input_signature
+    module = tf.Module()
+    module.model = loaded
+
+    @tf.function(input_signature=[spec])
+    def serve(features):
+        return {"probabilities": change(features, serving(**features)["probabilities"])}
+
+    tf.saved_model.save(module, str(output), signatures={"serving_default": serve})
+    return str(output)
+
+
+def _nan_everywhere(features, probabilities):  # training that diverged
+    return probabilities * float("nan")
+
+
+def _logits(features, probabilities):  # exported without its sigmoid
+    import tensorflow as tf
+
+    return tf.math.log(probabilities / (1.0 - probabilities))
+
+
+@pytest.mark.parametrize("change", [_nan_everywhere, _logits], ids=["nan", "logits"])
+def test_a_candidate_that_does_not_predict_probabilities_is_not_blessed_and_says_so(
+    window, good_model, tmp_path, change
+):
+    candidate = _serving_changed(good_model, tmp_path / "candidate", change)
+    result = _evaluate(window, tmp_path, candidate, _config(), baseline=good_model)
+    assert result["blessed"] is False
+    overall = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["slices"][0]
+    invalid = overall["candidate"]["invalid_predictions"]
+    assert overall["baseline"]["invalid_predictions"] == 0
+    said = (
+        "the candidate's prediction is not a probability (NaN, infinite or outside [0, 1]) for "
+        f"{invalid:,.0f} of {overall['examples']:,} examples"
+    )
+    if change is _nan_everywhere:
+        assert invalid == overall["examples"] and result["reasons"][0] == said
+    else:  # a logit is in [0, 1] only where the probability is in [0.5, 0.731]
+        assert 0 < invalid < overall["examples"] and result["reasons"][0].startswith(said + ", most on ")
+    failure = _blessing(tmp_path)["failures"][0]
+    assert (failure["metric"], failure["value"], failure["baseline_value"]) == ("invalid_predictions", invalid, 0)
+
+
+def test_predictions_missing_on_some_inputs_name_the_slices_they_are_in(window, good_model, tmp_path):
+    def nan_for_cash(features, probabilities):  # e.g. a feature path that divides by zero
+        import tensorflow as tf
+
+        return tf.where(features["payment_type"] == "Cash", float("nan"), probabilities)
+
+    candidate = _serving_changed(good_model, tmp_path / "candidate", nan_for_cash)
+    result = _evaluate(window, tmp_path, candidate, _config())
+    slices = {s["slice"]: s for s in json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["slices"]}
+    cash = slices["payment_type=Cash"]
+    assert cash["candidate"]["invalid_predictions"] == cash["examples"] > 0
+    assert slices["payment_type=Credit Card"]["candidate"]["invalid_predictions"] == 0
+    assert result["blessed"] is False
+    assert (
+        f"for {cash['examples']:,} of {slices['Overall']['examples']:,} examples, "
+        f"most on payment_type=Cash ({cash['examples']:,} of {cash['examples']:,})"
+    ) in result["reasons"][0]
 
 
 def test_a_candidate_worse_than_the_champion_fails_the_change_threshold(window, good_model, poor_model, tmp_path):
