@@ -11,7 +11,8 @@ know about:
 - nothing is blessed when the candidate gives anything but a probability (NaN, infinite, outside
   [0, 1]) for any example: `invalid_predictions`, which TFMA's thresholds know nothing of;
 - a slice with fewer than `min_slice_size` examples is reported, not judged (its AUC is noise), and a
-  slice with one class only has no AUC: neither fails the candidate, both are listed.
+  slice with one class only has no AUC: neither fails the candidate, both are listed; but when the
+  evaluation data as a whole is that small or of one class, nothing is blessed.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _failure(failure: TfmaFailure, slices: dict[str, dict[str, Any]]) -> dict[st
 
 
 def _not_judged(entry: dict[str, Any], min_slice_size: int) -> str | None:
-    if entry["features"] and entry["examples"] < min_slice_size:
+    if entry["examples"] < min_slice_size:
         return f"{entry['examples']} examples, fewer than min_slice_size ({min_slice_size}): reported, not judged"
     mean_label = (entry.get("candidate") or {}).get("mean_label")
     if mean_label in (0.0, 1.0):
@@ -114,9 +115,8 @@ def _not_judged(entry: dict[str, Any], min_slice_size: int) -> str | None:
     return None
 
 
-def _invalid_predictions(slices: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _invalid_predictions(overall: dict[str, Any] | None, slices: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The failure when the candidate gave anything but a probability, or when that was not checked."""
-    overall = next((entry for entry in slices if not entry["features"]), None)
     count = ((overall or {}).get("candidate") or {}).get("invalid_predictions")
     if count == 0:
         return None
@@ -176,7 +176,13 @@ def decide(
         if why is not None:
             not_judged.append({"slice": entry["slice"], "examples": entry["examples"], "reason": why})
 
-    invalid = _invalid_predictions(slices)
+    overall = next((entry for entry in slices if not entry["features"]), None)
+    if overall is None:
+        reasons.append("the evaluation data has no examples")
+    elif (why := _not_judged(overall, config.min_slice_size)) is not None:
+        # Every overall threshold would be skipped, and most slices' with it: nothing to bless on.
+        reasons.append(f"the evaluation data as a whole cannot be judged: {why}")
+    invalid = _invalid_predictions(overall, slices)
     if invalid is not None:
         reasons.append(invalid.pop("message"))
         failures.append(invalid)

@@ -181,10 +181,51 @@ def eval_config(config: EvaluationConfig, companies: list[str], with_baseline: b
     )
 
 
+def data_columns(csv_path: str) -> dict[str, Any]:
+    """The model's raw columns the CSV has, with the dtype `record_batches` gives them."""
+    header = set(pd.read_csv(csv_path, nrows=0).columns)
+    return {name: dtype for name, dtype in m.RAW_COLUMNS.items() if name in header}
+
+
+def serving_problem(model_uri: str, columns: dict[str, Any]) -> str | None:
+    """Why TFMA could not score rows of `columns` with this SavedModel's `serving_default`, or None.
+
+    Read from `saved_model.pb` alone, without loading the model: a model that cannot be scored is
+    refused here with its reason, not in a Beam worker's stack trace halfway through the data."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = artifacts.join(model_uri, "saved_model.pb")
+    if not artifacts.exists(path):
+        return "it is not a SavedModel (no saved_model.pb)"
+    saved_model = saved_model_pb2.SavedModel()
+    with artifacts.open_binary(path) as file:
+        saved_model.ParseFromString(file.read())
+    signatures = saved_model.meta_graphs[0].signature_def if saved_model.meta_graphs else {}
+    if "serving_default" not in signatures:
+        named = sorted(name for name in signatures if not name.startswith("__"))  # not TF's init op
+        return f"it has no serving_default signature (it has: {', '.join(named) or 'none'})"
+    signature = signatures["serving_default"]
+    if "probabilities" not in signature.outputs:
+        return f"its serving_default gives no probabilities (it gives: {', '.join(sorted(signature.outputs))})"
+    output_dtype = m.tf.as_dtype(signature.outputs["probabilities"].dtype)
+    if not output_dtype.is_floating:
+        return f"its serving_default gives probabilities as {output_dtype.name}, not floating point numbers"
+    missing = sorted(set(signature.inputs) - set(columns))
+    if missing:
+        return f"its serving_default takes {', '.join(missing)}, which the evaluation data does not have"
+    mismatched = [
+        f"{name} as {m.tf.as_dtype(info.dtype).name} (the data gives {columns[name].name})"
+        for name, info in sorted(signature.inputs.items())
+        if m.tf.as_dtype(info.dtype) != columns[name]
+    ]
+    if mismatched:
+        return f"its serving_default takes {', '.join(mismatched)}"
+    return None
+
+
 def record_batches(csv_path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
     """The CSV as Arrow record batches of one-element list columns, with the model's missing-value defaults."""
-    header = pd.read_csv(csv_path, nrows=0).columns
-    columns = [c for c in m.RAW_COLUMNS if c in header]
+    columns = list(data_columns(csv_path))
     for chunk in pd.read_csv(
         csv_path,
         chunksize=batch_size,

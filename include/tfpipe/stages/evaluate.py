@@ -63,7 +63,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tfpipe.evaluation import gate, tfma_eval
     from tfpipe.evaluation.report import render_evaluation_report
 
+    columns = tfma_eval.data_columns(files[0])
+    problem = tfma_eval.serving_problem(args.candidate_uri, columns)
+    if problem is not None:
+        raise DataError(f"{args.candidate_uri}: the candidate cannot score the held-out data: {problem}")
     baseline = _baseline(args, config)
+    if baseline.state == "champion" and (problem := tfma_eval.serving_problem(baseline.model_uri, columns)):
+        # Not comparable is not blessed: the change thresholds cannot be judged.
+        baseline = gate.Baseline(
+            "missing",
+            baseline.version,
+            None,
+            f"the champion {baseline.model_uri} cannot score the held-out data: {problem}",
+        )
     log.info("baseline: %s%s", baseline.state, f" (version {baseline.version})" if baseline.version else "")
     companies = (
         tfma_eval.top_values(files[0], "company", config.slices.top_companies) if config.slices.top_companies else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,8 @@ def test_a_worse_candidate_is_not_blessed_and_the_failing_slices_are_named(windo
     assert not any(f["slice"] == "payment_type=Cash" for f in _blessing(tmp_path)["failures"]), "not judged"
 
 
-def _serving_changed(model_uri: str, output: Path, change) -> str:
-    """The model re-exported with `change(features, probabilities)` applied to what it serves."""
+def _reexported(model_uri: str, output: Path, outputs, extra_inputs=None, signature="serving_default") -> str:
+    """The model re-exported to serve `outputs(features, probabilities)`, taking `extra_inputs` too."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(model_uri)
@@ -113,12 +114,18 @@ def _serving_changed(model_uri: str, output: Path, change) -> str:
     module = tf.Module()
     module.model = loaded
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[{**spec, **(extra_inputs or {})}])
     def serve(features):
-        return {"probabilities": change(features, serving(**features)["probabilities"])}
+        inputs = {name: tf.cast(features[name], spec[name].dtype) for name in spec}  # a changed input type
+        return outputs(features, serving(**inputs)["probabilities"])
 
-    tf.saved_model.save(module, str(output), signatures={"serving_default": serve})
+    tf.saved_model.save(module, str(output), signatures={signature: serve})
     return str(output)
+
+
+def _serving_changed(model_uri: str, output: Path, change) -> str:
+    """The model re-exported with `change(features, probabilities)` applied to what it serves."""
+    return _reexported(model_uri, output, lambda features, p: {"probabilities": change(features, p)})
 
 
 def _nan_everywhere(features, probabilities):  # training that diverged
@@ -170,6 +177,54 @@ def test_predictions_missing_on_some_inputs_name_the_slices_they_are_in(window, 
         f"for {cash['examples']:,} of {slices['Overall']['examples']:,} examples, "
         f"most on payment_type=Cash ({cash['examples']:,} of {cash['examples']:,})"
     ) in result["reasons"][0]
+
+
+def _signature_cases():
+    import tensorflow as tf
+
+    yield "scores", {"outputs": lambda features, p: {"scores": p}}, "its serving_default gives no probabilities"
+    yield "rounded", {"outputs": lambda features, p: {"probabilities": tf.cast(p > 0.5, tf.int64)}}, "as int64"
+    extra = {"driver_rating": tf.TensorSpec([None], tf.float32, name="driver_rating")}
+    yield (
+        "extra input",
+        {"outputs": lambda features, p: {"probabilities": p}, "extra_inputs": extra},
+        "takes driver_rating, which the evaluation data does not have",
+    )
+    wrong_type = {"trip_start_hour": tf.TensorSpec([None], tf.float32, name="trip_start_hour")}
+    yield (
+        "input type",
+        {"outputs": lambda features, p: {"probabilities": p}, "extra_inputs": wrong_type},
+        "takes trip_start_hour as float32 (the data gives int64)",
+    )
+    yield (
+        "no serving_default",
+        {"outputs": lambda features, p: {"probabilities": p}, "signature": "predict"},
+        "no serving_default signature (it has: predict)",
+    )
+
+
+def test_a_candidate_that_cannot_score_the_data_is_refused_with_the_reason(window, good_model, tmp_path):
+    from tfpipe.errors import DataError
+
+    for name, changes, reason in _signature_cases():
+        candidate = _reexported(good_model, tmp_path / name, **changes)
+        with pytest.raises(DataError, match=f"the candidate cannot score the held-out data: .*{re.escape(reason)}"):
+            _evaluate(window, tmp_path, candidate, _config())
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with pytest.raises(DataError, match=r"not a SavedModel \(no saved_model.pb\)"):
+        _evaluate(window, tmp_path, str(not_a_model), _config())
+    assert not (tmp_path / "evaluation").exists()
+
+
+def test_a_champion_that_cannot_score_the_data_means_not_blessed(window, good_model, tmp_path):
+    champion = _reexported(good_model, tmp_path / "champion", lambda features, p: {"scores": p})
+    result = _evaluate(window, tmp_path, good_model, _config(), baseline=champion)
+    assert result["blessed"] is False and result["baseline_state"] == "missing"
+    assert result["reasons"] == [
+        f"the champion to compare with is missing: the champion {champion} cannot score the held-out data: "
+        "its serving_default gives no probabilities (it gives: scores)"
+    ]
 
 
 def test_a_candidate_worse_than_the_champion_fails_the_change_threshold(window, good_model, poor_model, tmp_path):

@@ -1,4 +1,4 @@
-"""`invalid_predictions` counts what is not a probability; the gate refuses a model that gives any."""
+"""`invalid_predictions` counts, per model and slice, the examples whose prediction is not a probability."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types
 
-from tests.conftest import CONFIG_PATH
-from tfpipe.config import load_pipeline_config
-from tfpipe.evaluation import direct_inputs, gate, prediction_check
+from tfpipe.evaluation import direct_inputs, prediction_check
 
 
 def inputs(prediction, label=1) -> metric_types.StandardMetricInputs:
@@ -86,61 +84,3 @@ def test_nan_is_left_out_of_the_calibration_histogram_instead_of_failing():
     [ours_histogram] = combiner.extract_output(ours).values()
     [tfmas_histogram] = stock.extract_output(tfmas).values()
     assert ours_histogram == tfmas_histogram and sum(bucket.weighted_examples for bucket in ours_histogram) == 3
-
-
-def overall(candidate: dict, examples: int = 100) -> dict:
-    return {"slice": "Overall", "features": {}, "examples": examples, "candidate": candidate, "baseline": None}
-
-
-def payment(kind: str, examples: int, invalid: float) -> dict:
-    candidate = {"auc": 0.9, "mean_label": 0.5, "invalid_predictions": invalid}
-    return {
-        "slice": f"payment_type={kind}",
-        "features": {"payment_type": kind},
-        "examples": examples,
-        "candidate": candidate,
-        "baseline": None,
-    }
-
-
-def decide(slices: list[dict]) -> dict:
-    config = load_pipeline_config(CONFIG_PATH).evaluation.model_copy(update={"required_slices": []})
-    return gate.decide(
-        config=config,
-        slices=slices,
-        baseline=gate.Baseline("first_model"),
-        tfma_failures=[],
-        tfma_missing_slices=[],
-        tfma_missing_thresholds=False,
-    )
-
-
-def test_no_invalid_prediction_and_no_other_reason_is_blessed():
-    assert decide([overall({"auc": 0.95, "invalid_predictions": 0.0})])["blessed"] is True
-
-
-def test_invalid_predictions_are_refused_and_the_slices_with_the_most_are_named():
-    slices = [
-        overall({"auc": 0.95, "mean_label": 0.5, "invalid_predictions": 30.0}, examples=1000),
-        payment("Cash", 400, 25.0),
-        payment("Credit Card", 500, 5.0),
-        payment("Dispute", 100, 0.0),
-    ]
-    blessing = decide(slices)
-    assert blessing["decision"] == gate.NOT_BLESSED
-    [reason] = blessing["reasons"]
-    assert "30 of 1,000 examples" in reason
-    assert reason.endswith("most on payment_type=Cash (25 of 400), payment_type=Credit Card (5 of 500)")
-    [failure] = blessing["failures"]
-    assert (failure["slice"], failure["metric"], failure["value"], failure["threshold"]) == (
-        "Overall",
-        "invalid_predictions",
-        30.0,
-        0,
-    )
-
-
-def test_predictions_that_were_not_checked_are_not_blessed():
-    blessing = decide([overall({"auc": 0.95})])
-    assert blessing["blessed"] is False
-    assert blessing["reasons"] == ["the candidate's predictions were not checked (no invalid_predictions overall)"]
