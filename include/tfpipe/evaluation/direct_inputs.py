@@ -31,6 +31,14 @@ from tensorflow_model_analysis.metrics import (
 _last_read: tuple[Any, str, tuple[np.ndarray, np.ndarray] | None] = (None, "", None)
 
 
+def prediction_of(element: Any, model_name: str) -> Any:
+    """The model's prediction: keyed by its name when the metric has one (as TFMA looks it up), or None."""
+    prediction = element.prediction
+    if model_name:
+        return prediction.get(model_name) if isinstance(prediction, Mapping) else None
+    return prediction
+
+
 def binary_label_and_prediction(element: Any, model_name: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The (label, prediction) arrays of one example of a binary classifier, or None for anything else.
 
@@ -42,11 +50,9 @@ def binary_label_and_prediction(element: Any, model_name: str) -> tuple[np.ndarr
     last = _last_read
     if last[0] is element and last[1] == model_name:
         return last[2]
-    label, prediction = element.label, element.prediction
-    if model_name:
-        prediction = prediction.get(model_name) if isinstance(prediction, Mapping) else None
-        if isinstance(label, Mapping) and model_name in label:
-            label = label[model_name]
+    label, prediction = element.label, prediction_of(element, model_name)
+    if model_name and isinstance(label, Mapping) and model_name in label:
+        label = label[model_name]
     read = None
     if (
         isinstance(label, np.ndarray)

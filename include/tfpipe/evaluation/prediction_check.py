@@ -16,6 +16,8 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
+from tfpipe.evaluation.direct_inputs import prediction_of
+
 NAME = "invalid_predictions"
 
 
@@ -27,14 +29,6 @@ def is_probability(values: Any) -> bool:
     if array.dtype.kind not in "iuf" or not array.size:  # text, objects, nothing
         return False
     return bool(np.all((array >= 0) & (array <= 1)))
-
-
-def prediction_of(element: metric_types.StandardMetricInputs, model_name: str) -> Any:
-    """The model's prediction: keyed by its name when the metric has one (as TFMA looks it up), or None."""
-    prediction = element.prediction
-    if model_name:
-        return prediction.get(model_name) if isinstance(prediction, Mapping) else None
-    return prediction
 
 
 class _Combiner(beam.CombineFn):

@@ -3,8 +3,7 @@
 The `EvalConfig` is built from the pipeline config: slices (overall, each configured feature, the
 most frequent companies, crosses), metrics (AUC, precision and recall at the operating threshold,
 calibration, log loss, example count, mean label; and `invalid_predictions`, which the gate reads)
-and thresholds: value thresholds always, change
-thresholds against the champion when there is one.
+and thresholds: value thresholds always, change thresholds against the champion when there is one.
 
 Rows reach TFMA as Arrow record batches built here from the CSV, with the model's missing-value
 defaults (NaN, -1, ""): TFMA passes features to the serving signature as they are, and an empty
